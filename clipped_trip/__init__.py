@@ -1,0 +1,34 @@
+"""clipped_trip: streaming SGD with gradient clipping on high-dimensional least squares, next to
+the deterministic ODE that predicts its risk (arXiv 2406.11733).
+
+Where each formula of SPEC.md lives:
+    section 1-2 (model, units, clipping)  -> _problem.py, _clip.py, _simulate.py
+    section 3 (reduction factors)         -> _factors.py
+    section 4 (ODE, Volterra, C-HSGD)     -> _ode.py, _sde.py
+    section 5 (CCC, CSC, schedules)       -> _criteria.py
+    section 7 (exact reduced simulation)  -> _reduced.py
+"""
+
+from ._clip import clip_by_norm, clip_factor
+from ._criteria import (ccc, critical_lr, csc, heuristic_schedule, max_ccc, max_ccc_schedule,
+                        optimal_clip, tune_kappa)
+from ._factors import reduction_factors
+from ._noise import (Discrete, Empirical, Exponential, Gaussian, GaussianMixture, Laplace,
+                     NoiseLaw, StudentT, ThreePoint, Uniform, parse_noise)
+from ._ode import solve_ode
+from ._problem import Problem
+from ._results import ODEResult, RiskPaths
+from ._schedules import RiskSchedule
+from ._sde import simulate_sde
+from ._simulate import simulate, sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Problem", "NoiseLaw", "Gaussian", "StudentT", "Laplace", "Uniform", "Exponential",
+    "ThreePoint", "Discrete", "GaussianMixture", "Empirical", "parse_noise",
+    "clip_by_norm", "clip_factor", "simulate", "sweep", "simulate_sde", "solve_ode",
+    "reduction_factors", "ccc", "csc", "critical_lr", "optimal_clip", "max_ccc",
+    "max_ccc_schedule", "heuristic_schedule", "tune_kappa", "RiskSchedule", "RiskPaths",
+    "ODEResult", "__version__",
+]

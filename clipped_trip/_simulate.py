@@ -37,7 +37,7 @@ def trace_count() -> int:
     return _TRACES["count"]
 
 
-def _resolve_dtype(dtype):
+def resolve_dtype(dtype):
     dt = jnp.dtype(dtype)
     if dt not in (jnp.dtype("float32"), jnp.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -103,8 +103,15 @@ def _simulate_core(sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, run_keys, boun
         _, risks = jax.lax.scan(interval, e0, bounds)
         return risks
 
-    # items = (cell, run) pairs, padded to whole chunks: every chunk is the same vmapped program,
-    # so a run's floating-point reductions do not depend on how many runs share the batch
+    return map_runs(one_run, lr_tab, clip_tab, run_keys, chunk)
+
+
+def map_runs(one_run, lr_tab, clip_tab, run_keys, chunk):
+    """one_run(lr_row, clip_row, key) over every (cell, run) pair: result (cells, runs, ...).
+
+    Items are padded to whole chunks of ``chunk`` and each chunk is the same vmapped program, so a
+    run's floating-point reductions do not depend on how many runs share the batch.
+    """
     n_cells, n_runs = lr_tab.shape[0], run_keys.shape[0]
     n_items = n_cells * n_runs
     n_chunks = -(-n_items // chunk)
@@ -113,12 +120,12 @@ def _simulate_core(sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, run_keys, boun
     run_of = jnp.concatenate([jnp.tile(jnp.arange(n_runs), n_cells), jnp.zeros(pad, int)])
     items = (lr_tab[cell_of], clip_tab[cell_of], run_keys[run_of])
     items = jax.tree.map(lambda x: x.reshape((n_chunks, chunk) + x.shape[1:]), items)
-    risks = jax.lax.map(lambda it: jax.vmap(one_run)(*it), items)
-    return risks.reshape((n_chunks * chunk,) + risks.shape[2:])[:n_items].reshape(
-        (n_cells, n_runs) + risks.shape[2:])
+    out = jax.lax.map(lambda it: jax.vmap(one_run)(*it), items)
+    out = out.reshape((n_chunks * chunk,) + out.shape[2:])[:n_items]
+    return out.reshape((n_cells, n_runs) + out.shape[1:])
 
 
-def _run_keys(seed, first_run, runs):
+def run_keys(seed, first_run, runs):
     base = jax.random.key(V.count("seed", seed, lo=0))
     ids = jnp.arange(first_run, first_run + runs, dtype=jnp.uint32)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
@@ -130,7 +137,7 @@ def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, fi
         raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
     runs = V.count("runs", runs)
     first_run = V.count("first_run", first_run, lo=0)
-    dt = _resolve_dtype(dtype)
+    dt = resolve_dtype(dtype)
     chunk = V.count("run_chunk", chunk)
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
@@ -140,7 +147,7 @@ def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, fi
     risk = _simulate_core(
         jnp.asarray(np.sqrt(problem.eigenvalues), dt), jnp.asarray(problem.initial_error, dt),
         jnp.asarray(1.0 / D, dt), jnp.asarray(math.sqrt(D), dt), jnp.asarray(lr_tab, dt),
-        jnp.asarray(clip_tab, dt), _run_keys(seed, first_run, runs), jnp.asarray(bounds),
+        jnp.asarray(clip_tab, dt), run_keys(seed, first_run, runs), jnp.asarray(bounds),
         problem.noise, chunk)
     risk = np.asarray(risk, dtype=np.float64)
     if divergence_threshold is None:
