@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.interpolate import CubicSpline
 
 from . import _validate as V
 from ._factors import reduction_factors
@@ -26,6 +27,10 @@ def _total(noise, risk):
     return 2.0 * np.asarray(risk, dtype=np.float64) + noise.second_moment
 
 
+def _no_clip(clip):
+    return np.isinf(np.inf if clip is None else np.asarray(clip, dtype=np.float64))
+
+
 def ccc(noise: NoiseLaw, risk, clip):
     """Clipping comparison criterion mu^2 (2R + Var) / nu; > 1 means clipping is faster.
 
@@ -34,7 +39,8 @@ def ccc(noise: NoiseLaw, risk, clip):
     """
     mu, nu = reduction_factors(noise, risk, clip)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(nu > 0, mu * mu * _total(noise, risk) / nu, np.inf)
+        value = np.where(nu > 0, mu * mu * _total(noise, risk) / nu, np.inf)
+    return np.where(_no_clip(clip), 1.0, value)
 
 
 def csc(noise: NoiseLaw, risk, clip):
@@ -44,7 +50,8 @@ def csc(noise: NoiseLaw, risk, clip):
     """
     mu, nu = reduction_factors(noise, risk, clip)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(nu > 0, mu * _total(noise, risk) / nu, np.inf)
+        value = np.where(nu > 0, mu * _total(noise, risk) / nu, np.inf)
+    return np.where(_no_clip(clip), 1.0, value)
 
 
 def critical_lr(noise: NoiseLaw, risk, clip):
@@ -132,12 +139,17 @@ class _TabulatedClip:
         self.infinite = np.isinf(c)
         self.log_c = np.log(np.where(self.infinite, 1.0, c))
         self.noise = noise
+        # smooth in log R where c* is finite throughout, so mu(R, c*(R)) stays smooth for the ODE
+        self.spline = None if self.infinite.any() else CubicSpline(self.log_r, self.log_c)
 
     def __call__(self, risk):
         R = np.asarray(risk, dtype=np.float64)
         x = np.log(np.maximum(R, 1e-300))
         inside = (x >= self.log_r[0]) & (x <= self.log_r[-1])
-        out = np.exp(np.interp(x, self.log_r, self.log_c))
+        if self.spline is not None:
+            out = np.exp(self.spline(np.clip(x, self.log_r[0], self.log_r[-1])))
+        else:
+            out = np.exp(np.interp(x, self.log_r, self.log_c))
         # an interval touching an inf entry is inf (no finite optimum there)
         j = np.clip(np.searchsorted(self.log_r, x), 1, self.log_r.size - 1)
         out = np.where(self.infinite[j] | self.infinite[j - 1], np.inf, out)

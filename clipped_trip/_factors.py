@@ -46,6 +46,8 @@ def _gauss_moments(m, s, c):
     Written with alpha = (-c - m)/s, beta = (c - m)/s (SPEC section 3, inner Gaussian integral).
     """
     m, s, c = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (m, s, c)))
+    shape = m.shape
+    m, s, c = (np.atleast_1d(x) for x in (m, s, c))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         alpha = (-c - m) / s
         beta = (c - m) / s
@@ -81,7 +83,7 @@ def _gauss_moments(m, s, c):
     if np.any(degenerate):
         p_in = np.where(degenerate, (np.abs(m) <= c).astype(np.float64), p_in)
         q = np.where(degenerate, np.minimum(m * m, c * c), q)
-    return p_in, q
+    return p_in.reshape(shape), q.reshape(shape)
 
 
 def _mixture_factors(noise, s, c):

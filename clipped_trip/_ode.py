@@ -115,6 +115,10 @@ def _rk4(f, y0, t_grid, dt):
     return np.array(ys).T
 
 
+class _Overflow(Exception):
+    """The right-hand side is infinite: the risk diverges."""
+
+
 def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
     """Step a scipy OdeSolver, summing its dense output at the record times as it goes.
 
@@ -132,9 +136,15 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
         sums.append(float(y0.sum()))
         i += 1
     if i < t_rec.size:
-        solver = solver_cls(rhs, 0.0, y0, float(t_rec[-1]), rtol=rtol, atol=atol)
+        try:
+            solver = solver_cls(rhs, 0.0, y0, float(t_rec[-1]), rtol=rtol, atol=atol)
+        except _Overflow:
+            return np.array(sums)[None, :], t_rec[: len(sums)]
         while i < t_rec.size:
-            msg = solver.step()
+            try:
+                msg = solver.step()
+            except _Overflow:  # infinite noise term (e.g. unclipped Cauchy): diverged
+                break
             if solver.status == "failed":
                 raise RuntimeError(f"ODE solver failed: {msg}")
             j = i
@@ -202,6 +212,8 @@ def solve_ode(problem: Problem, lr, clip=None, T=None, times=None, *, n_records:
         if not math.isfinite(R) or R > threshold:
             return np.zeros_like(y)
         g, mu, nu, _ = coef.factors(t, max(R, 0.0))
+        if not (math.isfinite(nu) and math.isfinite(g)):
+            raise _Overflow(t)
         return -2.0 * g * mu * lam * y + g * g * nu * lam2_half_D
 
     start = 0.0
@@ -209,7 +221,11 @@ def solve_ode(problem: Problem, lr, clip=None, T=None, times=None, *, n_records:
     if method.lower() == "rk4":
         h = 1e-3 if dt is None else V.positive("dt", dt)
         grid = np.concatenate([[start], t_rec]) if t_rec[0] > start else t_rec
-        Y = _rk4(rhs, y0, grid, h)
+        try:
+            Y = _rk4(rhs, y0, grid, h)
+        except _Overflow:
+            Y = np.full((d, grid.size), np.inf)
+            Y[:, 0] = y0
         if t_rec[0] > start:
             Y = Y[:, 1:]
         ok_t = t_rec
