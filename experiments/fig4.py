@@ -1,0 +1,11 @@
+"""Reproduce figure fig4 of arXiv 2406.11733 (see clipped_trip/_figures.py and paper_notes.md).
+
+Usage: python experiments/fig4.py [--quick] [--out DIR]   (same as: clipped-trip reproduce fig4)
+"""
+
+import sys
+
+from clipped_trip.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["reproduce", "fig4", *sys.argv[1:]]))

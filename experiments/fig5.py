@@ -1,0 +1,11 @@
+"""Reproduce figure fig5 of arXiv 2406.11733 (see clipped_trip/_figures.py and paper_notes.md).
+
+Usage: python experiments/fig5.py [--quick] [--out DIR]   (same as: clipped-trip reproduce fig5)
+"""
+
+import sys
+
+from clipped_trip.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["reproduce", "fig5", *sys.argv[1:]]))
