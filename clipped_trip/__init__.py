@@ -10,13 +10,16 @@ Where each formula of SPEC.md lives:
 """
 
 from ._clip import clip_by_norm, clip_factor
+from ._config import enable_compilation_cache
 from ._criteria import (ccc, critical_lr, csc, heuristic_schedule, max_ccc, max_ccc_schedule,
                         optimal_clip, tune_kappa)
 from ._factors import reduction_factors
+from ._io import load_result, save_result
 from ._noise import (Discrete, Empirical, Exponential, Gaussian, GaussianMixture, Laplace,
                      NoiseLaw, StudentT, ThreePoint, Uniform, parse_noise)
 from ._ode import solve_ode
 from ._problem import Problem
+from ._reduced import ReducedProblem, simulate_reduced
 from ._results import ODEResult, RiskPaths
 from ._schedules import RiskSchedule
 from ._sde import simulate_sde
@@ -30,5 +33,6 @@ __all__ = [
     "clip_by_norm", "clip_factor", "simulate", "sweep", "simulate_sde", "solve_ode",
     "reduction_factors", "ccc", "csc", "critical_lr", "optimal_clip", "max_ccc",
     "max_ccc_schedule", "heuristic_schedule", "tune_kappa", "RiskSchedule", "RiskPaths",
-    "ODEResult", "__version__",
+    "ODEResult", "enable_compilation_cache", "ReducedProblem", "simulate_reduced", "save_result", "load_result",
+    "__version__",
 ]

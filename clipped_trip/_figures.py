@@ -339,6 +339,50 @@ def fig7(quick=False, out=Path("figures"), seed=0, progress=True, data=None, **_
     return _save(fig, Path(out), "fig7", arrays, params), summary
 
 
+@figure("dscaling", "SGD-to-ODE gap against dimension (exact reduced simulator, d = 1e2 ... 1e7)")
+def dscaling(quick=False, out=Path("figures"), seed=0, progress=True, **_):
+    from ._reduced import ReducedProblem, simulate_reduced
+    dims = [10 ** k for k in range(2, 6 if quick else 8)]
+    runs = 8 if quick else 32
+    lr, clip, T = 0.8, 0.5, 1.0
+    noise = StudentT(3.0, 0.5)
+    times = np.linspace(0, T, 11)
+    typical, bias, bias_se = [], [], []
+    ode = None
+    for d in tqdm(dims, disable=not progress, leave=False, desc="dscaling"):
+        rp = ReducedProblem.two_level(d, noise, high=1.0, low=0.1, fraction=0.5)
+        if ode is None:  # the ODE depends on d only through the spectrum's shape: same for all d
+            ode = solve_ode(rp.to_problem() if d <= 10 ** 4 else
+                            ReducedProblem.two_level(100, noise, high=1.0, low=0.1).to_problem(),
+                            lr, clip, times=times)
+        res = simulate_reduced(rp, lr, clip, times=times, runs=runs, seed=seed,
+                               run_chunk=min(runs, 16))
+        rel = res.risk[:, 1:] / ode.risk[1:] - 1  # per run, per time
+        typical.append(float(np.sqrt(np.mean(rel ** 2))))  # rms deviation of a single run
+        m = rel.mean(axis=0)
+        bias.append(float(np.abs(m).max()))
+        bias_se.append(float((rel.std(axis=0, ddof=1) / np.sqrt(runs)).max()))
+    dims_a = np.array(dims, dtype=float)
+    slope = float(np.polyfit(np.log(dims_a), np.log(typical), 1)[0])
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.loglog(dims_a, typical, "o-", label=f"rms |R_SGD/R_ODE - 1| of one run (slope {slope:.2f})")
+    ax.loglog(dims_a, bias, "s-", label="|mean over runs / ODE - 1| (max over t)")
+    ax.loglog(dims_a, bias_se, ":", color="gray", label="standard error of that mean")
+    ref = typical[0] * (dims_a / dims_a[0]) ** -0.5
+    ax.loglog(dims_a, ref, "k--", lw=0.8, label="d^-1/2 (paper's rate)")
+    ax.set_xlabel("dimension d (two-level spectrum 1 / 0.1)")
+    ax.set_ylabel("relative gap on t in [0, 1]")
+    ax.set_title(f"Student-t(3) noise, lr {lr}, clip {clip}, {runs} runs per d", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    arrays = {"d": dims_a, "typical": np.array(typical), "bias": np.array(bias),
+              "bias_se": np.array(bias_se), "t": times, "ode": ode.risk}
+    summary = {"slope_typical": slope, "dims": dims, "typical": typical, "bias": bias}
+    params = {"lr": lr, "clip": clip, "T": T, "runs": runs, "noise": repr(noise), "seed": seed,
+              "summary": summary}
+    return _save(fig, Path(out), "dscaling", arrays, params), summary
+
+
 def run_figure(name, quick=False, out="figures", progress=True, **kwargs):
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; allowed: {', '.join(FIGURES)} (or 'all')")

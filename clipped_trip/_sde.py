@@ -23,7 +23,7 @@ from ._factors import reduction_factors
 from ._problem import Problem
 from ._results import RiskPaths, mark_divergence
 from ._schedules import RiskSchedule, is_constant, time_schedule_values
-from ._simulate import DEFAULT_RUN_CHUNK, map_runs, resolve_dtype, run_keys
+from ._simulate import DEFAULT_RUN_CHUNK, chunk_size, map_runs, resolve_dtype, run_keys
 
 __all__ = ["simulate_sde"]
 
@@ -104,7 +104,7 @@ def simulate_sde(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: 
     dt = V.positive("dt", dt)
     runs = V.count("runs", runs)
     first_run = V.count("first_run", first_run, lo=0)
-    chunk = V.count("run_chunk", run_chunk)
+    chunk = chunk_size(problem.d, run_chunk)
     dtype_ = resolve_dtype(dtype)
     if times is None:
         t = np.linspace(0.0, V.positive("T", T), V.count("n_records", n_records, lo=2))

@@ -29,7 +29,21 @@ from ._schedules import is_constant, time_schedule_values
 __all__ = ["simulate", "sweep", "trace_count", "record_grid"]
 
 _TRACES = {"count": 0}
-DEFAULT_RUN_CHUNK = 16
+DEFAULT_RUN_CHUNK = None  # automatic: a power of two depending on d only (see chunk_size)
+_CHUNK_ELEMENTS = 2 ** 16  # runs x d per chunk: enough work per step to vectorise well
+
+
+def chunk_size(width: int, requested=None) -> int:
+    """Runs advanced together, one chunk after another, each chunk the same compiled program.
+
+    It depends on the problem's width d only (2^16 / d rounded down to a power of two, within
+    [16, 256]), never on the number of runs: XLA's reductions depend on the batch shape, so a
+    fixed chunk is what makes a run bit-identical alone or inside any batch.
+    """
+    if requested is not None:
+        return V.count("run_chunk", requested)
+    target = max(1, _CHUNK_ELEMENTS // max(int(width), 1))
+    return int(min(256, max(16, 2 ** int(math.floor(math.log2(target))))))
 
 
 def trace_count() -> int:
@@ -109,8 +123,8 @@ def _simulate_core(sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, run_keys, boun
 def map_runs(one_run, lr_tab, clip_tab, run_keys, chunk):
     """one_run(lr_row, clip_row, key) over every (cell, run) pair: result (cells, runs, ...).
 
-    Items are padded to whole chunks of ``chunk`` and each chunk is the same vmapped program, so a
-    run's floating-point reductions do not depend on how many runs share the batch.
+    Items are padded to whole chunks of ``chunk``; chunks run one after the other, each the same
+    vmapped program (see ``chunk_size`` for why results do not depend on the batch).
     """
     n_cells, n_runs = lr_tab.shape[0], run_keys.shape[0]
     n_items = n_cells * n_runs
@@ -125,10 +139,17 @@ def map_runs(one_run, lr_tab, clip_tab, run_keys, chunk):
     return out.reshape((n_cells, n_runs) + out.shape[1:])
 
 
+@partial(jax.jit, static_argnames=("runs",))
+def _keys(base, first_run, runs):
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(first_run + jnp.arange(runs, dtype=jnp.uint32))
+
+
 def run_keys(seed, first_run, runs):
-    base = jax.random.key(V.count("seed", seed, lo=0))
-    ids = jnp.arange(first_run, first_run + runs, dtype=jnp.uint32)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
+    """Keys of runs first_run .. first_run + runs - 1 of stream ``seed`` (one small compiled call)."""
+    seed = V.count("seed", seed, lo=0)
+    if seed >= 2 ** 32 or first_run + runs > 2 ** 32:
+        raise ValueError(f"seed and run indices must be < 2^32, got seed {seed}")
+    return _keys(jax.random.key(seed), jnp.uint32(first_run), runs)
 
 
 def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, first_run,
@@ -138,12 +159,12 @@ def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, fi
     runs = V.count("runs", runs)
     first_run = V.count("first_run", first_run, lo=0)
     dt = resolve_dtype(dtype)
-    chunk = V.count("run_chunk", chunk)
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
     lr_tab = np.stack([_step_table("lr", s, n_steps, D, False) for s in lr_tabs])
     clip_tab = np.stack([_step_table("clip", s, n_steps, D, True) for s in clip_tabs])
     bounds = np.stack([np.concatenate([[0], steps[:-1]]), steps], axis=1).astype(np.int32)
+    chunk = chunk_size(problem.d, chunk)
     risk = _simulate_core(
         jnp.asarray(np.sqrt(problem.eigenvalues), dt), jnp.asarray(problem.initial_error, dt),
         jnp.asarray(1.0 / D, dt), jnp.asarray(math.sqrt(D), dt), jnp.asarray(lr_tab, dt),
@@ -172,8 +193,9 @@ def simulate(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: int 
         times: record times (exactly those); default ``n_records`` even points on [0, T].
         dtype: "float32" (default) or "float64" (needs jax_enable_x64).
         divergence_threshold: risk above this counts as diverged (default 1e12 max(R0, 1)).
-        run_chunk: runs advanced together (vectorised); results are bit-identical for a given
-            ``run_chunk`` whatever ``runs`` and ``first_run``. Raise it on a GPU.
+        run_chunk: runs advanced together (vectorised); default a power of two set by d alone.
+            Results are bit-identical for a given ``run_chunk`` whatever ``runs`` and
+            ``first_run``. Raise it on a GPU.
 
     Returns:
         :class:`RiskPaths` with ``.t``, ``.risk`` (runs x len(t)), ``.diverged``.

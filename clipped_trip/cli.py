@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -366,6 +367,12 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if not os.environ.get("CLIPPED_TRIP_NO_CACHE"):
+        try:
+            from ._config import enable_compilation_cache
+            enable_compilation_cache()
+        except OSError:  # read-only home: run without the cache
+            pass
     handlers = {"simulate": lambda a: cmd_simulate(a, "simulate"), "sde": lambda a: cmd_simulate(a, "sde"),
                 "ode": lambda a: cmd_simulate(a, "ode"), "factors": cmd_factors,
                 "criteria": cmd_criteria, "sweep": cmd_sweep, "reproduce": cmd_reproduce,

@@ -47,6 +47,12 @@ def test_reproducible_and_batch_independent(dtype):
     assert np.array_equal(part, batch[2:7])
     other = ct.simulate(p, 0.8, 0.5, runs=1, **{**kw, "seed": 12}).risk
     assert not np.array_equal(other[0], batch[0])
+    big = ct.simulate(p, 0.8, 0.5, runs=300, **kw).risk  # several chunks
+    assert np.array_equal(big[:20], batch)
+    # an explicit chunk: the same property for that chunk
+    chunked = ct.simulate(p, 0.8, 0.5, runs=40, run_chunk=16, **kw).risk  # 3 chunks of 16
+    alone16 = ct.simulate(p, 0.8, 0.5, runs=1, first_run=37, run_chunk=16, **kw).risk
+    assert np.array_equal(alone16[0], chunked[37])
 
 
 def test_record_times_do_not_change_the_path():
@@ -87,7 +93,7 @@ def test_sweep_compiles_once_and_matches_single_runs():
             ct.simulate(p, lr, clip, **kw)
     assert trace_count() - single_before <= 1
     assert res.risk.shape == (3, 3, 4, 5)
-    one = ct.simulate(p, 0.6, 0.5, **kw, run_chunk=16)
+    one = ct.simulate(p, 0.6, 0.5, **kw)
     np.testing.assert_array_equal(res.risk[1, 1], one.risk)
 
 
