@@ -218,28 +218,30 @@ def fig4(quick=False, out=Path("figures"), progress=True, **_):
     return _save(fig, Path(out), "fig4", arrays, {"R": R, "summary": summary}), summary
 
 
-@figure("fig5", "max CCC and max CSC against risk")
+@figure("fig5", "max CCC against risk, and CSC at the CCC-optimal threshold")
 def fig5(quick=False, out=Path("figures"), progress=True, **_):
     R = np.logspace(-1, 1, 12 if quick else 40)
-    c = np.logspace(-1.5, 2.5, 60 if quick else 160)
     laws = [("Gaussian std 7", Gaussian(7.0)), ("three-point q=0.5", ThreePoint(7 / math.sqrt(0.5), 0.5)),
             ("Student-t df=3 (var 49)", StudentT(3.0, 7 / math.sqrt(3.0))),
             ("Student-t df=2.5 (var 49)", StudentT(2.5, 7 / math.sqrt(5.0)))]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     arrays, summary = {"R": R}, {}
     for name, noise in tqdm(laws, disable=not progress, leave=False, desc="fig5"):
-        mc, _ = max_ccc(noise, R)
-        ms = csc(noise, R[:, None], c[None, :]).max(axis=1)
+        mc, c_star = max_ccc(noise, R)
+        finite = np.isfinite(c_star)
+        # max over c of CSC is +inf (CSC ~ 2 f_w(0) (2R + Var) / c as c -> 0): show CSC at c*(R)
+        cs = np.where(finite, csc(noise, R, np.where(finite, c_star, 1.0)), 1.0)
         axes[0].plot(R, mc, label=name)
-        axes[1].plot(R, ms, label=name)
-        arrays[f"{name}/max_ccc"], arrays[f"{name}/max_csc"] = mc, ms
+        axes[1].plot(R, cs, label=name)
+        arrays[f"{name}/max_ccc"], arrays[f"{name}/c_star"], arrays[f"{name}/csc_at_c_star"] = mc, c_star, cs
         summary[name] = {"max_ccc_range": [float(mc.min()), float(mc.max())],
-                         "max_csc_range": [float(ms.min()), float(ms.max())]}
-    for ax, lab in zip(axes, ("max over c of CCC", "max over c of CSC")):
+                         "csc_at_c_star_range": [float(cs.min()), float(cs.max())]}
+    for ax, lab in zip(axes, ("max over c of CCC", "CSC at the CCC-optimal c*(R) (1 where c* = inf)")):
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.axhline(1, color="k", ls="--", lw=0.8)
         ax.set_xlabel("risk R")
-        ax.set_title(lab)
+        ax.set_title(lab, fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(out), "fig5", arrays, {"summary": summary}), summary
@@ -269,8 +271,10 @@ def fig6(quick=False, out=Path("figures"), seed=0, progress=True, **_):
                            seed=seed)
             _band(axes[row, 0], sgd, f"C{k}", f"SGD {label}")
             axes[row, 0].plot(t, ode.risk, color=f"C{k}", ls="--", lw=1)
-            axes[row, 1].plot(t, ode.clip_path, color=f"C{k}", label=label)
-            axes[row, 2].plot(t, ode.lr_path, color=f"C{k}", label=label)
+            shown = label + (" (c* = inf: no clipping)" if np.all(np.isinf(ode.clip_path)) else "")
+            axes[row, 1].plot(t, np.where(np.isinf(ode.clip_path), np.nan, ode.clip_path),
+                              color=f"C{k}", label=shown)
+            axes[row, 2].plot(t, ode.lr_path, color=f"C{k}", label=shown)
             arrays[f"{name}/{label}/ode"] = ode.risk
             arrays[f"{name}/{label}/sgd"] = sgd.risk
             arrays[f"{name}/{label}/clip"] = ode.clip_path
@@ -282,6 +286,7 @@ def fig6(quick=False, out=Path("figures"), seed=0, progress=True, **_):
         axes[row, 1].set_title("clip threshold c(t)")
         axes[row, 1].set_yscale("log")
         axes[row, 2].set_title("learning rate lr(t)")
+        axes[row, 2].ticklabel_format(axis="y", useOffset=False)
         for ax in axes[row]:
             ax.set_xlabel("t")
             ax.legend(fontsize=7)

@@ -132,7 +132,7 @@ def cli_figures():
     return FIGURES
 
 
-@pytest.mark.parametrize("name", ["fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7"])
+@pytest.mark.parametrize("name", ["fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "dscaling"])
 def test_quick_figures(name, tmp_path, capsys):
     code, text, err = run(["reproduce", name, "--quick", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
