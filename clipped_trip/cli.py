@@ -15,6 +15,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from . import _validate as V
+
 SPECTRA = ("isotropic", "power-law", "two-level")
 
 
@@ -119,9 +121,8 @@ def _float_list(name, text):
 # ---------------------------------------------------------------------------------------------
 def _problem_from(cfg):
     from . import parse_noise
-    from ._validate import count
     noise = parse_noise(cfg["noise"])
-    return make_problem(cfg["spectrum"], count("d", cfg["d"]), noise), noise
+    return make_problem(cfg["spectrum"], V.count("d", cfg["d"]), noise), noise
 
 
 def _write_outputs(result, cfg, name, plot_fn=None):
@@ -171,7 +172,7 @@ def cmd_simulate(args, kind):
     from . import simulate, simulate_sde, solve_ode
     cfg = settings(args)
     problem, _ = _problem_from(cfg)
-    lr, clip = float(cfg["lr"]), _clip_value(cfg["clip"])
+    lr, clip = V.positive("lr", cfg["lr"]), _clip_value(cfg["clip"])
     if kind == "simulate":
         res = simulate(problem, lr, clip, T=cfg["T"], runs=cfg["runs"], seed=cfg["seed"],
                        n_records=cfg["n_records"])
@@ -197,7 +198,7 @@ def cmd_factors(args):
     from . import parse_noise, reduction_factors
     cfg = settings(args)
     noise = parse_noise(cfg["noise"])
-    risks = [float(x) for x in _float_list("risk", args.risk)]
+    risks = [V.nonnegative("risk", x) for x in _float_list("risk", args.risk)]
     clips = [_clip_value(x) for x in _float_list("clip", args.clips)]
     print("risk,clip,mu,nu")
     for R in risks:
@@ -213,9 +214,9 @@ def cmd_criteria(args):
     from . import ccc, critical_lr, csc, max_ccc, parse_noise
     cfg = settings(args)
     noise = parse_noise(cfg["noise"])
-    R = float(args.risk)
+    R = V.nonnegative("risk", args.risk)
     clips = np.logspace(-2, 2, 9) if args.clips is None else \
-        np.array([float(x) for x in _float_list("clip", args.clips)])
+        np.array([V.positive("clip", x) for x in _float_list("clip", args.clips)])
     print(f"noise {noise!r}, R = {R:g}")
     print("clip,ccc,csc,critical_lr")
     for c in clips:
@@ -235,13 +236,13 @@ def cmd_sweep(args):
     from ._io import atomic_write, save_result
     cfg = settings(args)
     noises = args.noises.split(";") if args.noises else (cfg.get("noises") or [cfg["noise"]])
-    lrs = [float(x) for x in _float_list("lrs", args.lrs or cfg.get("lrs") or [cfg["lr"]])]
+    lrs = [V.positive("lrs", x) for x in _float_list("lrs", args.lrs or cfg.get("lrs") or [cfg["lr"]])]
     clips = [_clip_value(x) for x in _float_list("clips", args.clips or cfg.get("clips") or ["none"])]
     laws = [parse_noise(n) for n in noises]  # validate everything before any work
     out = Path(cfg["out"])
     rows = []
     for spec, law in tqdm(list(zip(noises, laws)), desc="sweep", disable=args.quiet):
-        problem = make_problem(cfg["spectrum"], int(cfg["d"]), law)
+        problem = make_problem(cfg["spectrum"], V.count("d", cfg["d"]), law)
         res = sweep(problem, lrs, clips, T=cfg["T"], runs=cfg["runs"], seed=cfg["seed"],
                     n_records=cfg["n_records"])
         tag = spec.replace(":", "_").replace(",", "_").replace("=", "")
