@@ -284,6 +284,26 @@ def cmd_reproduce(args):
     return 0
 
 
+def cmd_rerun(args):
+    """Re-run a simulate / ode / sde result from its JSON sidecar (config and seed are in it)."""
+    import json
+    path = Path(args.sidecar)
+    if not path.is_file():
+        raise UserError(f"rerun: sidecar {str(path)!r} does not exist")
+    try:
+        meta = json.loads(path.read_text())
+        cfg = meta["config"]
+        kind = {"sgd": "simulate", "ode": "ode", "sde": "sde"}[meta["params"]["kind"]]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"rerun: {path} is not a sidecar written by simulate, ode or sde") from None
+    cfg = {k: v for k, v in cfg.items() if k in DEFAULTS}
+    cfg["out"] = args.out
+    ns = argparse.Namespace(config=None, **{k: None for k in DEFAULTS})
+    for key, val in cfg.items():
+        setattr(ns, key, val)
+    return cmd_simulate(ns, kind)
+
+
 def cmd_demo(args):
     from ._figures import run_figure
     (path, table), secs = run_figure("fig1", quick=args.quick, out=args.out,
@@ -351,6 +371,9 @@ def build_parser():
     p.add_argument("--lrs", metavar="X,...")
     p.add_argument("--clips", metavar="C,...", help="thresholds, 'none' for unclipped")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("rerun", help="re-run a result from its JSON sidecar (bit-identical)")
+    p.add_argument("sidecar", metavar="FILE.json")
+    p.add_argument("--out", default="rerun", metavar="DIR")
     p = sub.add_parser("reproduce", help="regenerate a paper figure")
     p.add_argument("figure", nargs="?", metavar="FIGURE", help="figure id (see --list) or 'all'")
     p.add_argument("--quick", action="store_true", help="small version (< 1 minute)")
@@ -377,6 +400,7 @@ def main(argv=None) -> int:
     handlers = {"simulate": lambda a: cmd_simulate(a, "simulate"), "sde": lambda a: cmd_simulate(a, "sde"),
                 "ode": lambda a: cmd_simulate(a, "ode"), "factors": cmd_factors,
                 "criteria": cmd_criteria, "sweep": cmd_sweep, "reproduce": cmd_reproduce,
+                "rerun": cmd_rerun,
                 "demo": cmd_demo}
     try:
         return handlers[args.command](args)

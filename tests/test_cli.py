@@ -67,6 +67,12 @@ def test_config_then_command_line_override_and_reload(tmp_path, capsys):
     assert meta["config"]["lr"] == 0.7 and meta["config"]["d"] == 40
     assert res.risk.shape == (3, 5) and (out / "simulate.png").exists()
     # the sidecar is enough to re-run: same config and seed give bit-identical results
+    code, text, _ = run(["rerun", str(out / "simulate.json"), "--out", str(tmp_path / "again")],
+                        capsys)
+    assert code == 0, text
+    np.testing.assert_array_equal(load_result(tmp_path / "again" / "simulate.npz").risk, res.risk)
+    code, _, err = run(["rerun", str(cfg)], capsys)
+    assert code == 2 and "not a sidecar" in err
     p = ct.Problem.isotropic(40, ct.parse_noise(meta["config"]["noise"]))
     again = ct.simulate(p, meta["config"]["lr"], float(meta["config"]["clip"]), T=2.0, runs=3,
                         seed=meta["config"]["seed"], n_records=5)
