@@ -23,7 +23,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy import special
 
 from ._noise import NoiseLaw
 
@@ -45,6 +44,8 @@ def _gauss_moments(m, s, c):
 
     Written with alpha = (-c - m)/s, beta = (c - m)/s (SPEC section 3, inner Gaussian integral).
     """
+    from scipy import special  # deferred: keeps `import clipped_trip` light for simulation-only use
+
     m, s, c = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (m, s, c)))
     shape = m.shape
     m, s, c = (np.atleast_1d(x) for x in (m, s, c))

@@ -271,7 +271,7 @@ def fig6(quick=False, out=Path("figures"), seed=0, progress=True, **_):
                            seed=seed)
             _band(axes[row, 0], sgd, f"C{k}", f"SGD {label}")
             axes[row, 0].plot(t, ode.risk, color=f"C{k}", ls="--", lw=1)
-            shown = label + (" (c* = inf: no clipping)" if np.all(np.isinf(ode.clip_path)) else "")
+            shown = label + (" (c = inf: no clipping)" if np.all(np.isinf(ode.clip_path)) else "")
             axes[row, 1].plot(t, np.where(np.isinf(ode.clip_path), np.nan, ode.clip_path),
                               color=f"C{k}", label=shown)
             axes[row, 2].plot(t, ode.lr_path, color=f"C{k}", label=shown)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import special
 
 from . import _validate as V
 from ._random import student_t_sample
@@ -246,7 +245,7 @@ class StudentT(NoiseLaw):
         object.__setattr__(self, "scale", V.positive("scale", self.scale))
         # log normalising constant of the density, computed once
         nu = self.df
-        object.__setattr__(self, "_logc", special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2)
+        object.__setattr__(self, "_logc", math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2)
                            - 0.5 * math.log(nu * math.pi) - math.log(self.scale))
 
     @property
@@ -266,10 +265,11 @@ class StudentT(NoiseLaw):
         return np.exp(self._logc - 0.5 * (self.df + 1) * np.log1p(u * u / self.df))
 
     def _cdf(self, x):
-        return special.stdtr(self.df, np.asarray(x) / self.scale)
+        from scipy.special import stdtr  # deferred: scipy is only needed by the theory side
+        return stdtr(self.df, np.asarray(x) / self.scale)
 
     def _sf(self, x):
-        return special.stdtr(self.df, -np.asarray(x) / self.scale)
+        return self._cdf(-np.asarray(x))
 
     def to_spec(self):
         if self.df == 1.0:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.integrate
 
 from . import _validate as V
 from ._factors import reduction_factors
@@ -136,6 +135,8 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
     Returns (risk components summed: shape (1, n_done), record times done). Stops early when the
     risk passes ``threshold`` (divergence). Only sums are kept: memory O(d), not O(d n_records).
     """
+    import scipy.integrate  # deferred: keeps `import clipped_trip` light
+
     solver_cls = getattr(scipy.integrate, method, None) if isinstance(method, str) else None
     if solver_cls is None or not isinstance(solver_cls, type) or \
             not issubclass(solver_cls, scipy.integrate.OdeSolver):

@@ -91,10 +91,12 @@ def _step_table(name, schedule, n_steps, D, allow_inf):
     return time_schedule_values(name, schedule, t_steps, allow_inf=allow_inf, allow_none=allow_inf)
 
 
-@partial(jax.jit, static_argnames=("noise", "chunk"))
-def _simulate_core(sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, run_keys, bounds, noise, chunk):
+@partial(jax.jit, static_argnames=("noise", "chunk", "runs"))
+def _simulate_core(sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, seed, first_run, bounds, noise,
+                   chunk, runs):
     """risk[cell, run, record] for lr_tab/clip_tab of shape (cells, knots)."""
     _TRACES["count"] += 1  # Python side effect: runs once per trace, never at run time
+    keys = _run_keys_traced(seed, first_run, runs)  # inside the program: no extra compile
     dtype = e0.dtype
     d = e0.shape[0]
     n_lr, n_clip = lr_tab.shape[1], clip_tab.shape[1]
@@ -117,7 +119,7 @@ def _simulate_core(sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, run_keys, boun
         _, risks = jax.lax.scan(interval, e0, bounds)
         return risks
 
-    return map_runs(one_run, lr_tab, clip_tab, run_keys, chunk)
+    return map_runs(one_run, lr_tab, clip_tab, keys, chunk)
 
 
 def map_runs(one_run, lr_tab, clip_tab, run_keys, chunk):
@@ -139,17 +141,25 @@ def map_runs(one_run, lr_tab, clip_tab, run_keys, chunk):
     return out.reshape((n_cells, n_runs) + out.shape[1:])
 
 
-@partial(jax.jit, static_argnames=("runs",))
-def _keys(base, first_run, runs):
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(first_run + jnp.arange(runs, dtype=jnp.uint32))
+def _run_keys_traced(seed, first_run, runs):
+    base = jax.random.key(seed)
+    ids = first_run + jnp.arange(runs, dtype=jnp.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
 
 
-def run_keys(seed, first_run, runs):
-    """Keys of runs first_run .. first_run + runs - 1 of stream ``seed`` (one small compiled call)."""
+_keys = jax.jit(_run_keys_traced, static_argnames=("runs",))
+
+
+def _check_seed(seed, first_run, runs):
     seed = V.count("seed", seed, lo=0)
     if seed >= 2 ** 32 or first_run + runs > 2 ** 32:
         raise ValueError(f"seed and run indices must be < 2^32, got seed {seed}")
-    return _keys(jax.random.key(seed), jnp.uint32(first_run), runs)
+    return jnp.uint32(seed), jnp.uint32(first_run)
+
+
+def run_keys(seed, first_run, runs):
+    """Keys of runs first_run .. first_run + runs - 1 of stream ``seed``."""
+    return _keys(*_check_seed(seed, first_run, runs), runs=runs)
 
 
 def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, first_run,
@@ -168,8 +178,8 @@ def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, fi
     risk = _simulate_core(
         jnp.asarray(np.sqrt(problem.eigenvalues), dt), jnp.asarray(problem.initial_error, dt),
         jnp.asarray(1.0 / D, dt), jnp.asarray(math.sqrt(D), dt), jnp.asarray(lr_tab, dt),
-        jnp.asarray(clip_tab, dt), run_keys(seed, first_run, runs), jnp.asarray(bounds),
-        problem.noise, chunk)
+        jnp.asarray(clip_tab, dt), *_check_seed(seed, first_run, runs), jnp.asarray(bounds),
+        problem.noise, chunk, runs)
     risk = np.asarray(risk, dtype=np.float64)
     if divergence_threshold is None:
         divergence_threshold = 1e12 * max(problem.initial_risk, 1.0)

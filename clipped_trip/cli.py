@@ -347,7 +347,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="figure 1 (paper size: d = 500, 100 runs; ~15 s on 2 cores) "
                        "with a summary table")
-    p.add_argument("--out", default="figures", metavar="DIR")
+    p.add_argument("--out", default="clipped_trip_demo", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="smaller (d = 200, 20 runs)")
     p.add_argument("--quiet", action="store_true")
     common(sub.add_parser("simulate", help="clipped SGD Monte Carlo"))
