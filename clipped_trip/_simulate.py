@@ -5,8 +5,9 @@ Per step k (t = k / D), with e = x - x*:
     e <- e - (gamma_k / D) * clip_{c_k sqrt(D)}(g)
 Cost O(d) per step and memory O(d) per run plus the records: the data are never stored.
 
-Engineering: one jitted program = vmap over (lr, clip) cells and runs of a ``lax.scan`` over record
-intervals, each a ``fori_loop`` over steps. The randomness of step k of run j is
+Engineering: one jitted program. Each (lr, clip) cell x run is an item; items are vmapped in chunks
+of fixed size (``chunk_size``), chunks mapped one after another; per item a ``lax.scan`` over
+record intervals, each a ``fori_loop`` over steps. The randomness of step k of run j is
 ``fold_in(fold_in(key(seed), j), k)``, so a run is bit-identical alone or inside a batch, and
 whatever the record times. Learning rate and clip are traced arrays: a sweep never recompiles.
 """
@@ -52,7 +53,10 @@ def trace_count() -> int:
 
 
 def resolve_dtype(dtype):
-    dt = jnp.dtype(dtype)
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in (jnp.dtype("float32"), jnp.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     if dt == jnp.dtype("float64") and not jax.config.jax_enable_x64:

@@ -112,6 +112,7 @@ def test_schedules_callable_and_arrays_agree():
     (dict(lr=-0.1), "lr"), (dict(lr=0.0), "lr"), (dict(lr=float("nan")), "lr"),
     (dict(clip=-1.0), "clip"), (dict(clip=0.0), "clip"), (dict(runs=0), "runs"),
     (dict(T=-1.0), "T"), (dict(seed=-3), "seed"), (dict(dtype="int8"), "dtype"),
+    (dict(dtype="bogus"), "dtype"), (dict(lr=float("inf")), "lr"), (dict(clip=float("nan")), "clip"),
     (dict(lr=lambda t: -1.0), "lr"), (dict(times=[0.0, 2.0, 1.0]), "times"),
     (dict(lr=(np.array([0.0, 1.0]), np.array([1.0]))), "same length"),
 ])
