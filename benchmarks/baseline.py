@@ -56,36 +56,32 @@ def factors_simpson(noise_pdf, scale, R, c):
     return mu, nu
 
 
-def ode_euler(eigenvalues, e0, noise_pdf, scale, lr, clip, T, dt=0.05):
+def _euler(eigenvalues, e0, T, dt, coefficients):
+    """Forward Euler on dv/dt = -2 g mu lam v + g^2 lam nu / (2D), (g, mu, nu) = coefficients(R)."""
     lam = eigenvalues
     D = lam.sum()
     v = 0.5 * e0 ** 2
     n = int(round(T / dt))
     out = [lam @ v]
     for _ in range(n):
-        R = lam @ v
-        mu, nu = factors_simpson(noise_pdf, scale, R, clip)
-        v = v + dt * (-2 * lr * mu * lam * v + lr ** 2 * lam * nu / (2 * D))
+        g, mu, nu = coefficients(lam @ v)
+        v = v + dt * (-2 * g * mu * lam * v + g ** 2 * lam * nu / (2 * D))
         out.append(lam @ v)
     return np.arange(n + 1) * dt, np.array(out)
 
 
+def ode_euler(eigenvalues, e0, noise_pdf, scale, lr, clip, T, dt=0.05):
+    return _euler(eigenvalues, e0, T, dt,
+                  lambda R: (lr, *factors_simpson(noise_pdf, scale, R, clip)))
+
+
 def ode_euler_max_ccc(eigenvalues, e0, noise_pdf, scale, lr, T, dt=0.05):
     """Max-CCC schedule the naive way: an optimiser over c inside every Euler step."""
-    lam = eigenvalues
-    D = lam.sum()
-    v = 0.5 * e0 ** 2
-    n = int(round(T / dt))
-    out = [lam @ v]
-    for _ in range(n):
-        R = lam @ v
-
+    def coefficients(R):
         def neg(log_c):
             mu, nu = factors_simpson(noise_pdf, scale, R, np.exp(log_c))
             return -mu * mu / nu
         c = np.exp(optimize.minimize_scalar(neg, bounds=(-5, 5), method="bounded").x)
         mu, nu = factors_simpson(noise_pdf, scale, R, c)
-        g = lr / mu
-        v = v + dt * (-2 * g * mu * lam * v + g ** 2 * lam * nu / (2 * D))
-        out.append(lam @ v)
-    return np.arange(n + 1) * dt, np.array(out)
+        return lr / mu, mu, nu
+    return _euler(eigenvalues, e0, T, dt, coefficients)

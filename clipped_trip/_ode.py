@@ -25,7 +25,7 @@ import numpy as np
 from . import _validate as V
 from ._factors import reduction_factors
 from ._problem import Problem
-from ._results import ODEResult
+from ._results import ODEResult, divergence_limit
 from ._schedules import RiskSchedule, is_constant, time_schedule_values
 from ._tables import LazyLogTable
 
@@ -212,8 +212,7 @@ def solve_ode(problem: Problem, lr, clip=None, T=None, times=None, *, n_records:
     e0 = problem.initial_error
     y0 = 0.5 * lam * e0 * e0
     R0 = float(y0.sum())
-    threshold = (1e12 * max(R0, 1.0) if divergence_threshold is None
-                 else V.positive("divergence_threshold", divergence_threshold))
+    threshold = divergence_limit(divergence_threshold, R0)
     coef = _Coefficients(problem, lr, clip, use_table)
     lam2_half_D = lam * lam / (2.0 * D)
 

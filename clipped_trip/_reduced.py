@@ -27,7 +27,7 @@ from ._clip import clip_factor
 from ._noise import NoiseLaw
 from ._problem import Problem
 from ._random import gamma_sample
-from ._results import RiskPaths, mark_divergence
+from ._results import RiskPaths, divergence_limit, mark_divergence
 from ._simulate import (DEFAULT_RUN_CHUNK, _step_table, chunk_size, map_runs, record_grid,
                         run_keys)
 
@@ -165,6 +165,7 @@ def simulate_reduced(problem: ReducedProblem, lr, clip=None, T=None, runs: int =
         raise ValueError(f"problem must be a ReducedProblem, got {type(problem).__name__}")
     runs = V.count("runs", runs)
     first_run = V.count("first_run", first_run, lo=0)
+    threshold = divergence_limit(divergence_threshold, problem.initial_risk)
     chunk = V.count("run_chunk", run_chunk or 16)  # O(m) state: the random blocks dominate
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
@@ -181,10 +182,7 @@ def simulate_reduced(problem: ReducedProblem, lr, clip=None, T=None, runs: int =
                              jnp.asarray(rec_steps, jnp.int64), jnp.asarray(n_steps, jnp.int64),
                              problem.noise, chunk, jnp.asarray(n_blocks, jnp.int64))
         risk = np.asarray(risk, dtype=np.float64)[0][:, where_rec]
-    if divergence_threshold is None:
-        divergence_threshold = 1e12 * max(problem.initial_risk, 1.0)
-    risk, diverged, when = mark_divergence(risk, t, V.positive("divergence_threshold",
-                                                                divergence_threshold))
+    risk, diverged, when = mark_divergence(risk, t, threshold)
     params = {"kind": "sgd-reduced", "T": float(t[-1]), "runs": runs, "seed": seed,
               "d": problem.d, "D": D, "blocks": int(lam.size)}
     return RiskPaths(t, risk, diverged, when, params)

@@ -6,7 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RiskPaths", "ODEResult", "mark_divergence"]
+__all__ = ["RiskPaths", "ODEResult", "mark_divergence", "divergence_limit"]
+
+
+def divergence_limit(threshold, initial_risk: float) -> float:
+    """The risk above which a run counts as diverged: ``threshold`` or 1e12 max(R0, 1)."""
+    from . import _validate as V
+    if threshold is None:
+        return 1e12 * max(initial_risk, 1.0)
+    return V.positive("divergence_threshold", threshold)
 
 
 def mark_divergence(risk: np.ndarray, t: np.ndarray, threshold: float):

@@ -21,7 +21,7 @@ import numpy as np
 from . import _validate as V
 from ._factors import reduction_factors
 from ._problem import Problem
-from ._results import RiskPaths, mark_divergence
+from ._results import RiskPaths, divergence_limit, mark_divergence
 from ._schedules import RiskSchedule, is_constant, time_schedule_values
 from ._simulate import DEFAULT_RUN_CHUNK, chunk_size, map_runs, resolve_dtype, run_keys
 
@@ -106,6 +106,7 @@ def simulate_sde(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: 
     first_run = V.count("first_run", first_run, lo=0)
     chunk = chunk_size(problem.d, run_chunk)
     dtype_ = resolve_dtype(dtype)
+    threshold = divergence_limit(divergence_threshold, problem.initial_risk)
     if times is None:
         t = np.linspace(0.0, V.positive("T", T), V.count("n_records", n_records, lo=2))
     else:
@@ -149,10 +150,7 @@ def simulate_sde(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: 
                      f(lr_tab[None, :]), f(clip_tab[None, :]), run_keys(seed, first_run, runs),
                      jnp.asarray(bounds), f(log_r), f(tab_mu), f(tab_nu), f(log_c),
                      f(noise.second_moment), mode, chunk)
-    if divergence_threshold is None:
-        divergence_threshold = 1e12 * max(problem.initial_risk, 1.0)
-    risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t,
-                                           V.positive("divergence_threshold", divergence_threshold))
+    risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
     params = {"kind": "sde", "dt": dt, "T": float(t[-1]), "runs": runs, "seed": seed,
               "dtype": str(dtype), "problem": problem.describe()}
     return RiskPaths(t, risk, diverged, when, params)

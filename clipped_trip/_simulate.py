@@ -24,7 +24,7 @@ import numpy as np
 from . import _validate as V
 from ._clip import clip_factor
 from ._problem import Problem
-from ._results import RiskPaths, mark_divergence
+from ._results import RiskPaths, divergence_limit, mark_divergence
 from ._schedules import is_constant, time_schedule_values
 
 __all__ = ["simulate", "sweep", "trace_count", "record_grid"]
@@ -173,6 +173,7 @@ def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, fi
     runs = V.count("runs", runs)
     first_run = V.count("first_run", first_run, lo=0)
     dt = resolve_dtype(dtype)
+    threshold = divergence_limit(divergence_threshold, problem.initial_risk)
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
     lr_tab = np.stack([_step_table("lr", s, n_steps, D, False) for s in lr_tabs])
@@ -185,10 +186,7 @@ def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, fi
         jnp.asarray(clip_tab, dt), *_check_seed(seed, first_run, runs), jnp.asarray(bounds),
         problem.noise, chunk, runs)
     risk = np.asarray(risk, dtype=np.float64)
-    if divergence_threshold is None:
-        divergence_threshold = 1e12 * max(problem.initial_risk, 1.0)
-    risk, diverged, when = mark_divergence(risk, t, V.positive("divergence_threshold",
-                                                                divergence_threshold))
+    risk, diverged, when = mark_divergence(risk, t, threshold)
     return t, steps, risk, diverged, when
 
 
