@@ -194,17 +194,54 @@ def cmd_simulate(args, kind):
     return 0
 
 
+def _write_table_outputs(args, name, header, rows, plot_fn=None):
+    """Print a CSV table; with --out also write it (atomically), with --plot a PNG of it."""
+    from ._io import atomic_write
+    text = "\n".join([",".join(header)] + [",".join(r) for r in rows])
+    print(text)
+    if getattr(args, "out", None):
+        out = Path(args.out)
+        path = atomic_write(out / f"{name}.csv", lambda tmp: Path(tmp).write_text(text + "\n"))
+        print(f"wrote {path}")
+        if args.plot and plot_fn is not None:
+            import matplotlib
+            matplotlib.use("Agg")
+            fig = plot_fn()
+            print(f"wrote {atomic_write(out / f'{name}.png', lambda tmp: fig.savefig(tmp, format='png'))}")
+
+
 def cmd_factors(args):
+    import numpy as np
+
     from . import parse_noise, reduction_factors
     cfg = settings(args)
     noise = parse_noise(cfg["noise"])
     risks = [V.nonnegative("risk", x) for x in _float_list("risk", args.risk)]
     clips = [_clip_value(x) for x in _float_list("clip", args.clips)]
-    print("risk,clip,mu,nu")
+    rows, table = [], []
     for R in risks:
         for c in clips:
             mu, nu = reduction_factors(noise, R, c)
-            print(f"{R:.6g},{'inf' if c is None else f'{c:.6g}'},{float(mu):.12g},{float(nu):.12g}")
+            table.append((R, c, float(mu), float(nu)))
+            rows.append([f"{R:.6g}", "inf" if c is None else f"{c:.6g}", f"{float(mu):.12g}",
+                         f"{float(nu):.12g}"])
+
+    def plot():
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        cs = np.logspace(-2, 2, 200)
+        for R in risks:
+            mu, nu = reduction_factors(noise, R, cs)
+            axes[0].semilogx(cs, mu, label=f"R = {R:g}")
+            axes[1].loglog(cs, nu, label=f"R = {R:g}")
+        axes[0].set_title(f"mu_c(R), {noise!r}"[:60], fontsize=9)
+        axes[1].set_title("nu_c(R)", fontsize=9)
+        for ax in axes:
+            ax.set_xlabel("c")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+    _write_table_outputs(args, "factors", ["risk", "clip", "mu", "nu"], rows, plot)
     return 0
 
 
@@ -218,10 +255,23 @@ def cmd_criteria(args):
     clips = np.logspace(-2, 2, 9) if args.clips is None else \
         np.array([V.positive("clip", x) for x in _float_list("clip", args.clips)])
     print(f"noise {noise!r}, R = {R:g}")
-    print("clip,ccc,csc,critical_lr")
-    for c in clips:
-        print(f"{c:.6g},{float(ccc(noise, R, c)):.6g},{float(csc(noise, R, c)):.6g},"
-              f"{float(critical_lr(noise, R, c)):.6g}")
+    rows = [[f"{c:.6g}", f"{float(ccc(noise, R, c)):.6g}", f"{float(csc(noise, R, c)):.6g}",
+             f"{float(critical_lr(noise, R, c)):.6g}"] for c in clips]
+
+    def plot():
+        import matplotlib.pyplot as plt
+        cs = np.logspace(-2, 2, 200)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.semilogx(cs, ccc(noise, R, cs), label="CCC")
+        ax.semilogx(cs, csc(noise, R, cs), label="CSC")
+        ax.axhline(1, color="k", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("c")
+        ax.set_title(f"{noise!r}, R = {R:g}"[:60], fontsize=9)
+        ax.legend()
+        fig.tight_layout()
+        return fig
+    _write_table_outputs(args, "criteria", ["clip", "ccc", "csc", "critical_lr"], rows, plot)
     value, c_star = max_ccc(noise, R)
     print(f"optimal clip c* = {float(c_star):.6g}, max CCC = {float(value):.6g}"
           + (" (no finite threshold beats no clipping)" if np.isinf(c_star) else ""))
@@ -355,16 +405,20 @@ def build_parser():
     p = sub.add_parser("sde", help="homogenized SGD (C-HSGD)")
     common(p)
     p.add_argument("--dt", type=float, metavar="X")
-    p = sub.add_parser("factors", help="reduction factors mu, nu")
+    p = sub.add_parser("factors", help="reduction factors mu, nu (CSV)")
     p.add_argument("--config", metavar="FILE.toml")
     p.add_argument("--noise", metavar="SPEC")
     p.add_argument("--risk", default="0.01,0.1,1,10", metavar="R,...")
     p.add_argument("--clip", dest="clips", default="0.1,1,10", metavar="C,...")
+    p.add_argument("--out", metavar="DIR", help="also write factors.csv here")
+    p.add_argument("--plot", action="store_true", help="with --out: also a PNG")
     p = sub.add_parser("criteria", help="CCC, CSC, critical lr and the optimal clip at one risk")
     p.add_argument("--config", metavar="FILE.toml")
     p.add_argument("--noise", metavar="SPEC")
     p.add_argument("--risk", default="1.0", metavar="R")
     p.add_argument("--clip", dest="clips", default=None, metavar="C,...")
+    p.add_argument("--out", metavar="DIR", help="also write criteria.csv here")
+    p.add_argument("--plot", action="store_true", help="with --out: also a PNG")
     p = sub.add_parser("sweep", help="grid of (noise, lr, clip): CSV table + curves")
     common(p)
     p.add_argument("--noises", metavar="SPEC;SPEC", help="several noise specs separated by ';'")

@@ -87,8 +87,13 @@ def test_ode_factors_criteria_sweep(tmp_path, capsys):
     code, text, _ = run(["factors", "--noise", "student-t:df=3,scale=1", "--risk", "0.05",
                          "--clip", "1.07,none"], capsys)
     assert code == 0 and text.splitlines()[0] == "risk,clip,mu,nu" and len(text.splitlines()) == 3
-    code, text, _ = run(["criteria", "--noise", "student-t:df=3,scale=1", "--risk", "0.05"], capsys)
+    code, text, _ = run(["criteria", "--noise", "student-t:df=3,scale=1", "--risk", "0.05",
+                         "--out", str(out), "--plot"], capsys)
     assert code == 0 and "max CCC = 1.849" in text
+    assert (out / "criteria.csv").read_text().startswith("clip,ccc,csc,critical_lr")
+    assert (out / "criteria.png").stat().st_size > 0
+    code, text, _ = run(["factors", "--noise", "laplace:scale=1", "--out", str(out), "--plot"], capsys)
+    assert code == 0 and len((out / "factors.csv").read_text().splitlines()) == 1 + 4 * 3
     code, text, _ = run(["sweep", "--noises", "gaussian:std=0.5;laplace:scale=0.5", "--lrs", "0.5,1",
                          "--clips", "0.3,none", "--d", "30", "--T", "1", "--runs", "2",
                          "--out", str(out), "--quiet"], capsys)
