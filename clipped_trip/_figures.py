@@ -109,7 +109,8 @@ def fig1(quick=False, out=Path("figures"), seed=0, d=None, runs=None, progress=T
         else:
             ax.plot(ode_u.t, ode_u.risk, ":", color="C3", lw=1.5, label="ODE (unclipped)")
         if notes:
-            ax.text(0.03, 0.04, "\n".join(notes), transform=ax.transAxes, fontsize=8, color="C3",
+            # mid-height: the clipped curves sit at the bottom of this log-scale panel
+            ax.text(0.03, 0.45, "\n".join(notes), transform=ax.transAxes, fontsize=8, color="C3",
                     bbox=dict(facecolor="white", alpha=0.8, edgecolor="C3"))
         ax.set_yscale("log")
         ax.set_title(f"{title}, d={d}, lr={lr}")
