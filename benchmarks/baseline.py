@@ -49,8 +49,9 @@ def factors_simpson(noise_pdf, scale, R, c):
     e = np.linspace(-30 * scale, 30 * scale, 100)
     w = np.linspace(-c, c, 200)
     # density of w = z - eps at each w: int phi_s(w + e) p(e) de
-    f_w = integrate.simpson(stats.norm.pdf(w[:, None] + e[None, :], scale=s) * noise_pdf(e)[None, :],
-                            x=e, axis=1)
+    f_w = integrate.simpson(
+        stats.norm.pdf(w[:, None] + e[None, :], scale=s) * noise_pdf(e)[None, :], x=e, axis=1
+    )
     mu = integrate.simpson(f_w, x=w)
     nu = integrate.simpson(w * w * f_w, x=w) + c * c * (1 - mu)
     return mu, nu
@@ -60,28 +61,32 @@ def _euler(eigenvalues, e0, T, dt, coefficients):
     """Forward Euler on dv/dt = -2 g mu lam v + g^2 lam nu / (2D), (g, mu, nu) = coefficients(R)."""
     lam = eigenvalues
     D = lam.sum()
-    v = 0.5 * e0 ** 2
+    v = 0.5 * e0**2
     n = int(round(T / dt))
     out = [lam @ v]
     for _ in range(n):
         g, mu, nu = coefficients(lam @ v)
-        v = v + dt * (-2 * g * mu * lam * v + g ** 2 * lam * nu / (2 * D))
+        v = v + dt * (-2 * g * mu * lam * v + g**2 * lam * nu / (2 * D))
         out.append(lam @ v)
     return np.arange(n + 1) * dt, np.array(out)
 
 
 def ode_euler(eigenvalues, e0, noise_pdf, scale, lr, clip, T, dt=0.05):
-    return _euler(eigenvalues, e0, T, dt,
-                  lambda R: (lr, *factors_simpson(noise_pdf, scale, R, clip)))
+    return _euler(
+        eigenvalues, e0, T, dt, lambda R: (lr, *factors_simpson(noise_pdf, scale, R, clip))
+    )
 
 
 def ode_euler_max_ccc(eigenvalues, e0, noise_pdf, scale, lr, T, dt=0.05):
     """Max-CCC schedule the naive way: an optimiser over c inside every Euler step."""
+
     def coefficients(R):
         def neg(log_c):
             mu, nu = factors_simpson(noise_pdf, scale, R, np.exp(log_c))
             return -mu * mu / nu
+
         c = np.exp(optimize.minimize_scalar(neg, bounds=(-5, 5), method="bounded").x)
         mu, nu = factors_simpson(noise_pdf, scale, R, c)
         return lr / mu, mu, nu
+
     return _euler(eigenvalues, e0, T, dt, coefficients)

@@ -42,6 +42,7 @@ def median_time(fn, repeats):
 
 def setting(d=500):
     from scipy import stats
+
     rng = np.random.default_rng(0)
     Q, Rm = np.linalg.qr(rng.standard_normal((d, d)))
     U = Q * np.sign(np.diag(Rm))
@@ -49,16 +50,30 @@ def setting(d=500):
     K = (U * lam) @ U.T
     K = 0.5 * (K + K.T)
     x0 = np.ones(d) / math.sqrt(d)
-    return dict(K=K, lam=lam, U=U, x0=x0, x_star=np.zeros(d), lr=0.6, clip=0.4, T=15.0,
-                cauchy_pdf=lambda e: stats.cauchy.pdf(e, scale=0.5), scale=0.5)
+    return dict(
+        K=K,
+        lam=lam,
+        U=U,
+        x0=x0,
+        x_star=np.zeros(d),
+        lr=0.6,
+        clip=0.4,
+        T=15.0,
+        cauchy_pdf=lambda e: stats.cauchy.pdf(e, scale=0.5),
+        scale=0.5,
+    )
 
 
 def subprocess_time(code, repeats, env=None):
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=HERE.parent,
-                       env={**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}", **(env or {})})
+        subprocess.run(
+            [sys.executable, "-c", code],
+            check=True,
+            cwd=HERE.parent,
+            env={**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}", **(env or {})},
+        )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -95,7 +110,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer runs and repeats (smoke test)")
     ap.add_argument("--readme", default=None)
     ap.add_argument("--render-only", action="store_true", help="re-render results.json")
-    ap.add_argument("--memory-only", action="store_true", help="re-measure memory into results.json")
+    ap.add_argument(
+        "--memory-only", action="store_true", help="re-measure memory into results.json"
+    )
     args = ap.parse_args(argv)
     if args.memory_only:
         res = json.loads((HERE / "results.json").read_text())
@@ -116,8 +133,14 @@ def main(argv=None):
     base_runs = 3 if args.quick else 100
     rep = 2 if args.quick else 5
     S = setting()
-    res = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                       "jax": jax.__version__, "devices": [str(x) for x in jax.devices()]}}
+    res = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "jax": jax.__version__,
+            "devices": [str(x) for x in jax.devices()],
+        }
+    }
     noise = ct.StudentT(1.0, 0.5)
     p = ct.Problem.from_covariance(S["K"], S["x0"], S["x_star"], noise)
     steps = round(S["T"] * p.D)
@@ -126,41 +149,67 @@ def main(argv=None):
     t0 = time.perf_counter()
     ct.simulate(p, S["lr"], S["clip"], T=S["T"], runs=runs, seed=0)
     first = time.perf_counter() - t0
-    ours, _ = median_time(lambda: ct.simulate(p, S["lr"], S["clip"], T=S["T"], runs=runs, seed=1),
-                          rep)
+    ours, _ = median_time(
+        lambda: ct.simulate(p, S["lr"], S["clip"], T=S["T"], runs=runs, seed=1), rep
+    )
     cauchy = lambda g, n: 0.5 * g.standard_cauchy(n)  # noqa: E731
-    base, _ = median_time(lambda: baseline.sgd_numpy(S["K"], S["x0"], S["x_star"], cauchy, S["lr"],
-                                                     S["clip"], S["T"], base_runs), 1 if not args.quick else 1)
+    base, _ = median_time(
+        lambda: baseline.sgd_numpy(
+            S["K"], S["x0"], S["x_star"], cauchy, S["lr"], S["clip"], S["T"], base_runs
+        ),
+        1 if not args.quick else 1,
+    )
     base_per_run = base / base_runs
-    res["sgd"] = {"runs": runs, "steps": steps, "ours_s": ours, "ours_first_call_s": first,
-                  "compile_s": first - ours, "baseline_s_per_run": base_per_run,
-                  "baseline_s_for_runs": base_per_run * runs,
-                  "speedup_steady": base_per_run * runs / ours}
+    res["sgd"] = {
+        "runs": runs,
+        "steps": steps,
+        "ours_s": ours,
+        "ours_first_call_s": first,
+        "compile_s": first - ours,
+        "baseline_s_per_run": base_per_run,
+        "baseline_s_for_runs": base_per_run * runs,
+        "speedup_steady": base_per_run * runs / ours,
+    }
     # end to end: fresh processes, import + problem + compile + run
     e2e_rep = 1 if args.quick else 3
     ours_e2e = subprocess_time(E2E_OURS.format(runs=runs), e2e_rep)  # cold: compiles
     import tempfile
+
     with tempfile.TemporaryDirectory() as cache:
         warm_code = CACHE_PREFIX.format(path=cache) + E2E_OURS.format(runs=runs)
         subprocess_time(warm_code, 1)  # fills the on-disk compilation cache
         ours_warm = subprocess_time(warm_code, e2e_rep)
     base_e2e = subprocess_time(E2E_BASE.format(runs=base_runs), e2e_rep) * runs / base_runs
-    res["sgd"].update({"ours_end_to_end_s": ours_e2e, "ours_end_to_end_warm_cache_s": ours_warm,
-                       "baseline_end_to_end_s": base_e2e, "speedup_end_to_end": base_e2e / ours_e2e,
-                       "speedup_end_to_end_warm_cache": base_e2e / ours_warm})
+    res["sgd"].update(
+        {
+            "ours_end_to_end_s": ours_e2e,
+            "ours_end_to_end_warm_cache_s": ours_warm,
+            "baseline_end_to_end_s": base_e2e,
+            "speedup_end_to_end": base_e2e / ours_e2e,
+            "speedup_end_to_end_warm_cache": base_e2e / ours_warm,
+        }
+    )
 
     # --- floor: one normal number ---------------------------------------------------------------
     import jax.numpy as jnp
+
     # the floor: normals drawn in a compiled loop, in batches of the simulator's (chunk x d)
     from clipped_trip._simulate import chunk_size
+
     width = chunk_size(500) * 500
     n_iter = 400
 
     def draws(n):
         def body(i, acc):
-            return acc + jax.random.normal(jax.random.fold_in(jax.random.key(0), i), (width,),
-                                           jnp.float32).sum()
+            return (
+                acc
+                + jax.random.normal(
+                    jax.random.fold_in(jax.random.key(0), i), (width,), jnp.float32
+                ).sum()
+            )
+
         return jax.lax.fori_loop(0, n, body, 0.0)
+
     draw = jax.jit(draws)
     draw(2).block_until_ready()
     t_norm, _ = median_time(lambda: draw(n_iter).block_until_ready(), rep)
@@ -171,8 +220,11 @@ def main(argv=None):
         ct.simulate(q, 0.6, 0.4, T=T, runs=r, n_records=3)
         t, _ = median_time(lambda: ct.simulate(q, 0.6, 0.4, T=T, runs=r, n_records=3, seed=2), rep)
         n = r * round(T * q.D) * d
-        floor[f"d={d}"] = {"ns_per_run_step_coord": t / n * 1e9, "ratio_to_normal": t / n * 1e9 / ns_normal,
-                           "steps_per_s_per_run": round(T * q.D) / t * r}
+        floor[f"d={d}"] = {
+            "ns_per_run_step_coord": t / n * 1e9,
+            "ratio_to_normal": t / n * 1e9 / ns_normal,
+            "steps_per_s_per_run": round(T * q.D) / t * r,
+        }
     res["floor"] = floor
 
     # --- sweeps do not recompile --------------------------------------------------------------
@@ -186,14 +238,23 @@ def main(argv=None):
     t_grid = np.arange(0, 301) * 0.05
     reference = ct.solve_ode(pe, S["lr"], S["clip"], times=t_grid, rtol=1e-12, use_table=False)
     t_ours, ours_ode = median_time(lambda: ct.solve_ode(pe, S["lr"], S["clip"], times=t_grid), rep)
-    t_base, (tb, rb) = median_time(lambda: baseline.ode_euler(S["lam"], pe.initial_error,
-                                                             S["cauchy_pdf"], S["scale"], S["lr"],
-                                                             S["clip"], S["T"]), 1)
-    res["ode"] = {"ours_s": t_ours, "baseline_euler_s": t_base, "speedup": t_base / t_ours,
-                  "ours_max_rel_err": float(np.max(np.abs(ours_ode.risk / reference.risk - 1))),
-                  "baseline_max_rel_err": float(np.max(np.abs(rb / reference.risk - 1)))}
+    t_base, (tb, rb) = median_time(
+        lambda: baseline.ode_euler(
+            S["lam"], pe.initial_error, S["cauchy_pdf"], S["scale"], S["lr"], S["clip"], S["T"]
+        ),
+        1,
+    )
+    res["ode"] = {
+        "ours_s": t_ours,
+        "baseline_euler_s": t_base,
+        "speedup": t_base / t_ours,
+        "ours_max_rel_err": float(np.max(np.abs(ours_ode.risk / reference.risk - 1))),
+        "baseline_max_rel_err": float(np.max(np.abs(rb / reference.risk - 1))),
+    }
     # factors at small risk: the fixed grid against ours
-    mu_grid, _ = baseline.factors_simpson(lambda e: __import__("scipy").stats.t.pdf(e, 3), 1.0, 1e-4, 1.0)
+    mu_grid, _ = baseline.factors_simpson(
+        lambda e: __import__("scipy").stats.t.pdf(e, 3), 1.0, 1e-4, 1.0
+    )
     mu_ours, _ = ct.reduction_factors(ct.StudentT(3.0, 1.0), 1e-4, 1.0)
     res["factors_small_R"] = {"fixed_grid_mu": float(mu_grid), "ours_mu": float(mu_ours)}
     R = np.logspace(-8, 4, 100)[:, None]
@@ -207,21 +268,35 @@ def main(argv=None):
 
     def ours_sched():
         return ct.solve_ode(p3, S["lr"], ct.max_ccc_schedule(t3), times=t_grid)
+
     t_sched, sched = median_time(ours_sched, 1 if args.quick else 3)
     pdf3 = lambda e: __import__("scipy").stats.t.pdf(e, 3, scale=0.5)  # noqa: E731
-    t_bs, (_, rbs) = median_time(lambda: baseline.ode_euler_max_ccc(S["lam"], pe.initial_error, pdf3,
-                                                                    0.5, S["lr"], S["T"]), 1)
-    res["max_ccc_ode"] = {"ours_s": t_sched, "baseline_s": t_bs, "speedup": t_bs / t_sched,
-                          "final_ours": float(sched.risk[-1]), "final_baseline": float(rbs[-1])}
+    t_bs, (_, rbs) = median_time(
+        lambda: baseline.ode_euler_max_ccc(S["lam"], pe.initial_error, pdf3, 0.5, S["lr"], S["T"]),
+        1,
+    )
+    res["max_ccc_ode"] = {
+        "ours_s": t_sched,
+        "baseline_s": t_bs,
+        "speedup": t_bs / t_sched,
+        "final_ours": float(sched.risk[-1]),
+        "final_baseline": float(rbs[-1]),
+    }
 
     # --- reduced simulator ------------------------------------------------------------------------
-    rp = ReducedProblem.two_level(10 ** 7, ct.StudentT(3.0, 0.5), high=1.0, low=0.1)
+    rp = ReducedProblem.two_level(10**7, ct.StudentT(3.0, 0.5), high=1.0, low=0.1)
     T_red = 1.0 if args.quick else 10.0
     simulate_reduced(rp, 0.8, 0.5, T=0.001, runs=1, run_chunk=1, n_records=11)  # compile
-    t_red, r_red = median_time(lambda: simulate_reduced(rp, 0.8, 0.5, T=T_red, runs=1, run_chunk=1,
-                                                        n_records=11), 1)
-    res["reduced"] = {"d": rp.d, "T": T_red, "steps": round(T_red * rp.D), "seconds_one_run": t_red,
-                      "ns_per_step": t_red / round(T_red * rp.D) * 1e9}
+    t_red, r_red = median_time(
+        lambda: simulate_reduced(rp, 0.8, 0.5, T=T_red, runs=1, run_chunk=1, n_records=11), 1
+    )
+    res["reduced"] = {
+        "d": rp.d,
+        "T": T_red,
+        "steps": round(T_red * rp.D),
+        "seconds_one_run": t_red,
+        "ns_per_step": t_red / round(T_red * rp.D) * 1e9,
+    }
 
     res["peak_rss_mib_16_runs"] = measure_memory()
 
@@ -241,8 +316,13 @@ def measure_memory():
             ct.simulate(p, 0.6, 0.4, times=[0.0, 20 / p.D], runs=16)
             print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         """)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             cwd=HERE.parent)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=HERE.parent,
+        )
         mem[f"d={d}"] = int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB
     return mem
 
@@ -255,7 +335,7 @@ def _write_table(res, readme_path):
         text = readme.read_text()
         a, b = "<!-- bench:start -->", "<!-- bench:end -->"
         if a in text and b in text:
-            text = text[: text.index(a) + len(a)] + "\n" + table + "\n" + text[text.index(b):]
+            text = text[: text.index(a) + len(a)] + "\n" + table + "\n" + text[text.index(b) :]
             readme.write_text(text)
 
 
@@ -283,17 +363,25 @@ def render(r):
         f"| one normal number (jax.random, float32, batches of {f['batch']} in a compiled loop): the floor | {f['ns_per_normal']:.2f} ns | - | - |",
     ]
     for key in ("d=500", "d=5000", "d=50000"):
-        rows.append(f"| SGD at {key}: cost per run x step x coordinate; run-steps per second | "
-                    f"{f[key]['ns_per_run_step_coord']:.2f} ns ({f[key]['ratio_to_normal']:.2f}x the floor); "
-                    f"{f[key]['steps_per_s_per_run']:.3g} /s | - | - |")
+        rows.append(
+            f"| SGD at {key}: cost per run x step x coordinate; run-steps per second | "
+            f"{f[key]['ns_per_run_step_coord']:.2f} ns ({f[key]['ratio_to_normal']:.2f}x the floor); "
+            f"{f[key]['steps_per_s_per_run']:.3g} /s | - | - |"
+        )
     red = r["reduced"]
-    rows.append(f"| reduced simulator, d = 1e7 two-level, T = {red['T']:g} ({red['steps']:.2e} steps), one run | "
-                f"{red['seconds_one_run']:.1f} s ({red['ns_per_step']:.0f} ns/step) | - | - |")
+    rows.append(
+        f"| reduced simulator, d = 1e7 two-level, T = {red['T']:g} ({red['steps']:.2e} steps), one run | "
+        f"{red['seconds_one_run']:.1f} s ({red['ns_per_step']:.0f} ns/step) | - | - |"
+    )
     mem = r["peak_rss_mib_16_runs"]
-    rows.append(f"| peak memory (RSS) of a process running 16 runs: d = 1e3 / d = 4e6 | "
-                f"{mem['d=1000']:.0f} / {mem['d=4000000']:.0f} MiB | - | - |")
-    rows.append(f"| traces (compiles) for 3 different (lr, clip) grids of one shape | "
-                f"{r['sweep_traces_for_3_grids']} | - | - |")
+    rows.append(
+        f"| peak memory (RSS) of a process running 16 runs: d = 1e3 / d = 4e6 | "
+        f"{mem['d=1000']:.0f} / {mem['d=4000000']:.0f} MiB | - | - |"
+    )
+    rows.append(
+        f"| traces (compiles) for 3 different (lr, clip) grids of one shape | "
+        f"{r['sweep_traces_for_3_grids']} | - | - |"
+    )
     return "\n".join(rows)
 
 

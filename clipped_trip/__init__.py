@@ -11,12 +11,31 @@ Where each formula of SPEC.md lives:
 
 from ._clip import clip_by_norm, clip_factor
 from ._config import enable_compilation_cache
-from ._criteria import (ccc, critical_lr, csc, heuristic_schedule, max_ccc, max_ccc_schedule,
-                        optimal_clip, tune_kappa)
+from ._criteria import (
+    ccc,
+    critical_lr,
+    csc,
+    heuristic_schedule,
+    max_ccc,
+    max_ccc_schedule,
+    optimal_clip,
+    tune_kappa,
+)
 from ._factors import reduction_factors
 from ._io import load_result, save_result
-from ._noise import (Discrete, Empirical, Exponential, Gaussian, GaussianMixture, Laplace,
-                     NoiseLaw, StudentT, ThreePoint, Uniform, parse_noise)
+from ._noise import (
+    Discrete,
+    Empirical,
+    Exponential,
+    Gaussian,
+    GaussianMixture,
+    Laplace,
+    NoiseLaw,
+    StudentT,
+    ThreePoint,
+    Uniform,
+    parse_noise,
+)
 from ._ode import solve_ode
 from ._problem import Problem
 from ._reduced import ReducedProblem, simulate_reduced
@@ -28,11 +47,40 @@ from ._simulate import simulate, sweep
 __version__ = "0.1.0"
 
 __all__ = [
-    "Problem", "NoiseLaw", "Gaussian", "StudentT", "Laplace", "Uniform", "Exponential",
-    "ThreePoint", "Discrete", "GaussianMixture", "Empirical", "parse_noise",
-    "clip_by_norm", "clip_factor", "simulate", "sweep", "simulate_sde", "solve_ode",
-    "reduction_factors", "ccc", "csc", "critical_lr", "optimal_clip", "max_ccc",
-    "max_ccc_schedule", "heuristic_schedule", "tune_kappa", "RiskSchedule", "RiskPaths",
-    "ODEResult", "enable_compilation_cache", "ReducedProblem", "simulate_reduced", "save_result", "load_result",
+    "Problem",
+    "NoiseLaw",
+    "Gaussian",
+    "StudentT",
+    "Laplace",
+    "Uniform",
+    "Exponential",
+    "ThreePoint",
+    "Discrete",
+    "GaussianMixture",
+    "Empirical",
+    "parse_noise",
+    "clip_by_norm",
+    "clip_factor",
+    "simulate",
+    "sweep",
+    "simulate_sde",
+    "solve_ode",
+    "reduction_factors",
+    "ccc",
+    "csc",
+    "critical_lr",
+    "optimal_clip",
+    "max_ccc",
+    "max_ccc_schedule",
+    "heuristic_schedule",
+    "tune_kappa",
+    "RiskSchedule",
+    "RiskPaths",
+    "ODEResult",
+    "enable_compilation_cache",
+    "ReducedProblem",
+    "simulate_reduced",
+    "save_result",
+    "load_result",
     "__version__",
 ]

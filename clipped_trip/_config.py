@@ -14,8 +14,11 @@ def enable_compilation_cache(path=None) -> Path:
     The ``clipped-trip`` command enables it unless CLIPPED_TRIP_NO_CACHE is set."""
     import jax
 
-    folder = Path(path or os.environ.get("CLIPPED_TRIP_CACHE")
-                  or Path.home() / ".cache" / "clipped_trip" / "xla")
+    folder = Path(
+        path
+        or os.environ.get("CLIPPED_TRIP_CACHE")
+        or Path.home() / ".cache" / "clipped_trip" / "xla"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -1,4 +1,4 @@
-"""When clipping helps: CCC, CSC, the optimal threshold and the ready-made schedules (SPEC section 5).
+"""When clipping helps: CCC, CSC, the optimal threshold and ready-made schedules (SPEC section 5).
 
 References: arXiv 2406.11733, clipping comparison criterion (CCC), clipping stability criterion
 (CSC), Theorem 3 (optimal clipping schedule), v2's heuristic schedule c = kappa sqrt(2R + Var).
@@ -16,8 +16,16 @@ from ._noise import NoiseLaw
 from ._schedules import RiskSchedule
 from ._tables import LazyLogTable
 
-__all__ = ["ccc", "csc", "critical_lr", "optimal_clip", "max_ccc", "max_ccc_schedule",
-           "heuristic_schedule", "tune_kappa"]
+__all__ = [
+    "ccc",
+    "csc",
+    "critical_lr",
+    "optimal_clip",
+    "max_ccc",
+    "max_ccc_schedule",
+    "heuristic_schedule",
+    "tune_kappa",
+]
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -71,16 +79,23 @@ def _ratio(noise, risk, clip):
 def _reference_scale(noise, risk):
     m2 = noise.second_moment
     noise_scale = math.sqrt(m2) if math.isfinite(m2) else getattr(noise, "_scale", 1.0)
-    return np.sqrt(2.0 * np.asarray(risk, dtype=np.float64) + noise_scale ** 2)
+    return np.sqrt(2.0 * np.asarray(risk, dtype=np.float64) + noise_scale**2)
 
 
-def optimal_clip(noise: NoiseLaw, risk, *, decades: float = 4.0, grid: int = 41,
-                 iterations: int = 60, xtol: float = 1e-8):
+def optimal_clip(
+    noise: NoiseLaw,
+    risk,
+    *,
+    decades: float = 4.0,
+    grid: int = 41,
+    iterations: int = 60,
+    xtol: float = 1e-8,
+):
     """c*(R) = argmax_c mu_c(R)^2 / nu_c(R), broadcasting over ``risk``.
 
     inf where no finite threshold beats no clipping (e.g. Gaussian noise for every R). Method: a
-    log grid of ``grid`` points spanning +-``decades`` around sqrt(2R + scale^2), then golden-section
-    search on log c around the best grid point (vectorised over R) to ``xtol`` in log c.
+    log grid of ``grid`` points spanning +-``decades`` around sqrt(2R + scale^2), then golden-
+    section search on log c around the best grid point (vectorised over R) to ``xtol`` in log c.
     """
     if not isinstance(noise, NoiseLaw):
         raise ValueError(f"noise must be a NoiseLaw, got {type(noise).__name__}")
@@ -106,8 +121,12 @@ def optimal_clip(noise: NoiseLaw, risk, *, decades: float = 4.0, grid: int = 41,
         hi, lo = np.where(left, x2, hi), np.where(left, lo, x1)
         x_new = np.where(left, hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo))
         f_new = _ratio(noise, R, np.exp(x_new))
-        x1, x2, f1, f2 = (np.where(left, x_new, x2), np.where(left, x1, x_new),
-                          np.where(left, f_new, f2), np.where(left, f1, f_new))
+        x1, x2, f1, f2 = (
+            np.where(left, x_new, x2),
+            np.where(left, x1, x_new),
+            np.where(left, f_new, f2),
+            np.where(left, f1, f_new),
+        )
         if np.all(hi - lo < xtol):
             break
     c_star = np.exp(0.5 * (lo + hi))
@@ -125,7 +144,9 @@ def max_ccc(noise: NoiseLaw, risk):
     Returns (max_ccc, c_star), broadcasting over ``risk``.
     """
     c_star = np.asarray(optimal_clip(noise, risk))
-    value = np.where(np.isinf(c_star), 1.0, ccc(noise, risk, np.where(np.isinf(c_star), 1.0, c_star)))
+    value = np.where(
+        np.isinf(c_star), 1.0, ccc(noise, risk, np.where(np.isinf(c_star), 1.0, c_star))
+    )
     return value, c_star
 
 
@@ -156,20 +177,27 @@ def max_ccc_schedule(noise: NoiseLaw, *, per_decade: int = 12) -> RiskSchedule:
 
 
 def heuristic_schedule(noise: NoiseLaw, kappa: float) -> RiskSchedule:
-    """v2's heuristic: c(R) = kappa sqrt(2R + Var eps), learning rate gamma / mu (finite Var only)."""
+    """v2's heuristic: c(R) = kappa sqrt(2R + Var eps), learning rate gamma / mu (finite Var)."""
     kappa = V.positive("kappa", kappa)
     m2 = noise.second_moment
     if not math.isfinite(m2):
         raise ValueError("heuristic_schedule needs finite noise variance; use max_ccc_schedule")
-    return RiskSchedule(lambda R: kappa * np.sqrt(2.0 * R + m2), compensate=True,
-                        name=f"heuristic(kappa={kappa:g})")
+    return RiskSchedule(
+        lambda R: kappa * np.sqrt(2.0 * R + m2), compensate=True, name=f"heuristic(kappa={kappa:g})"
+    )
 
 
 def tune_kappa(problem, lr, T, kappas=None, **ode_kwargs):
-    """Pick kappa of the heuristic schedule by the final ODE risk. Returns (best, kappas, finals)."""
+    """Pick the heuristic's kappa by the final ODE risk. Returns (best, kappas, finals)."""
     from ._ode import solve_ode
 
     kappas = np.linspace(0.1, 5.0, 50) if kappas is None else np.asarray(kappas, dtype=np.float64)
-    finals = np.array([solve_ode(problem, lr, heuristic_schedule(problem.noise, k), T,
-                                 n_records=2, **ode_kwargs).risk[-1] for k in kappas])
+    finals = np.array(
+        [
+            solve_ode(
+                problem, lr, heuristic_schedule(problem.noise, k), T, n_records=2, **ode_kwargs
+            ).risk[-1]
+            for k in kappas
+        ]
+    )
     return float(kappas[int(np.argmin(finals))]), kappas, finals

@@ -127,9 +127,13 @@ def _panel_edges(noise, s, c):
     geo = g0[:, None] * (L / g0)[:, None] ** frac[None, :]
     trans = s[:, None] * _TRANSITION_OFFSETS[None, :]
     around_c = np.concatenate([c[:, None] - trans, c[:, None] + trans, c[:, None]], axis=1)
-    kinks = np.broadcast_to(np.asarray(noise._breakpoints, dtype=np.float64), (s.size, len(noise._breakpoints)))
-    edges = np.concatenate([geo, -geo, around_c, -around_c, kinks,
-                            -L[:, None], L[:, None], np.zeros((s.size, 1))], axis=1)
+    kinks = np.broadcast_to(
+        np.asarray(noise._breakpoints, dtype=np.float64), (s.size, len(noise._breakpoints))
+    )
+    edges = np.concatenate(
+        [geo, -geo, around_c, -around_c, kinks, -L[:, None], L[:, None], np.zeros((s.size, 1))],
+        axis=1,
+    )
     edges = np.clip(edges, -L[:, None], L[:, None])
     return np.sort(edges, axis=1), L
 
@@ -173,7 +177,9 @@ def reduction_factors(noise: NoiseLaw, risk, clip):
     References: arXiv 2406.11733, reduction factors mu_c and nu_c; SPEC section 3.
     """
     if not isinstance(noise, NoiseLaw):
-        raise ValueError(f"noise must be a NoiseLaw (e.g. Gaussian(1.0)), got {type(noise).__name__}")
+        raise ValueError(
+            f"noise must be a NoiseLaw (e.g. Gaussian(1.0)), got {type(noise).__name__}"
+        )
     R = np.asarray(risk, dtype=np.float64)
     if np.any(~np.isfinite(R)) or np.any(R < 0):
         raise ValueError("risk must be finite and >= 0 everywhere")

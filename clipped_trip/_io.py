@@ -20,8 +20,14 @@ def versions() -> dict:
     import scipy
 
     from . import __version__
-    return {"clipped_trip": __version__, "jax": jax.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "python": platform.python_version()}
+
+    return {
+        "clipped_trip": __version__,
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def atomic_write(path, write_fn, suffix=""):
@@ -57,13 +63,22 @@ def save_result(result, path, extra: dict | None = None) -> Path:
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")
     if isinstance(result, RiskPaths):
-        arrays = {"t": result.t, "risk": result.risk, "diverged": result.diverged,
-                  "divergence_time": result.divergence_time}
+        arrays = {
+            "t": result.t,
+            "risk": result.risk,
+            "diverged": result.diverged,
+            "divergence_time": result.divergence_time,
+        }
         kind = "RiskPaths"
     elif isinstance(result, ODEResult):
-        arrays = {"t": result.t, "risk": result.risk, "lr_path": result.lr_path,
-                  "clip_path": result.clip_path, "diverged": np.array(result.diverged),
-                  "divergence_time": np.array(result.divergence_time)}
+        arrays = {
+            "t": result.t,
+            "risk": result.risk,
+            "lr_path": result.lr_path,
+            "clip_path": result.clip_path,
+            "diverged": np.array(result.diverged),
+            "divergence_time": np.array(result.divergence_time),
+        }
         kind = "ODEResult"
     else:
         raise ValueError(f"result must be a RiskPaths or ODEResult, got {type(result).__name__}")
@@ -95,7 +110,15 @@ def load_result(path):
         arrays = {k: z[k] for k in z.files}
     params = meta.get("params", {})
     if "lr_path" in arrays:
-        return ODEResult(arrays["t"], arrays["risk"], arrays["lr_path"], arrays["clip_path"],
-                         bool(arrays["diverged"]), float(arrays["divergence_time"]), params)
-    return RiskPaths(arrays["t"], arrays["risk"], arrays["diverged"], arrays["divergence_time"],
-                     params)
+        return ODEResult(
+            arrays["t"],
+            arrays["risk"],
+            arrays["lr_path"],
+            arrays["clip_path"],
+            bool(arrays["diverged"]),
+            float(arrays["divergence_time"]),
+            params,
+        )
+    return RiskPaths(
+        arrays["t"], arrays["risk"], arrays["diverged"], arrays["divergence_time"], params
+    )

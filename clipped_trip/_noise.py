@@ -21,8 +21,17 @@ from . import _validate as V
 from ._random import student_t_sample
 
 __all__ = [
-    "NoiseLaw", "Gaussian", "StudentT", "Laplace", "Uniform", "Exponential", "ThreePoint",
-    "Discrete", "GaussianMixture", "Empirical", "parse_noise",
+    "NoiseLaw",
+    "Gaussian",
+    "StudentT",
+    "Laplace",
+    "Uniform",
+    "Exponential",
+    "ThreePoint",
+    "Discrete",
+    "GaussianMixture",
+    "Empirical",
+    "parse_noise",
 ]
 
 
@@ -42,8 +51,8 @@ class NoiseLaw:
 
     @property
     def second_moment(self) -> float:
-        """E[eps^2] (inf where infinite). Unclipped nu = 2R + E[eps^2]; equal to Var for centred laws."""
-        return self.variance + self.mean ** 2
+        """E[eps^2] (inf where infinite). Unclipped nu = 2R + E[eps^2] (= 2R + Var if centred)."""
+        return self.variance + self.mean**2
 
     # --- sampling ----------------------------------------------------------------------------
     def sample(self, key, shape=(), dtype=jnp.float32):
@@ -82,7 +91,7 @@ class Gaussian(NoiseLaw):
 
     @property
     def variance(self):
-        return self.std ** 2
+        return self.std**2
 
     def _gaussian_components(self):
         return (1.0,), (0.0,), (self.std,)
@@ -106,9 +115,12 @@ class GaussianMixture(NoiseLaw):
     def __post_init__(self):
         w = V.vector("weights", self.weights, nonneg=True)
         object.__setattr__(self, "weights", _probabilities("weights", w, w.size))
-        object.__setattr__(self, "means", _tuple("means", V.vector("means", self.means, length=w.size)))
-        object.__setattr__(self, "stds", _tuple("stds", V.vector("stds", self.stds, length=w.size,
-                                                                   nonneg=True)))
+        object.__setattr__(
+            self, "means", _tuple("means", V.vector("means", self.means, length=w.size))
+        )
+        object.__setattr__(
+            self, "stds", _tuple("stds", V.vector("stds", self.stds, length=w.size, nonneg=True))
+        )
 
     @property
     def mean(self):
@@ -117,7 +129,7 @@ class GaussianMixture(NoiseLaw):
     @property
     def variance(self):
         w, m, s = map(np.asarray, (self.weights, self.means, self.stds))
-        return float(np.dot(w, s ** 2 + m ** 2) - np.dot(w, m) ** 2)
+        return float(np.dot(w, s**2 + m**2) - np.dot(w, m) ** 2)
 
     def _gaussian_components(self):
         return self.weights, self.means, self.stds
@@ -180,7 +192,7 @@ class ThreePoint(_FiniteLaw):
 
     @property
     def variance(self):
-        return self.q * self.value ** 2
+        return self.q * self.value**2
 
     def to_spec(self):
         return f"three-point:value={self.value!r},q={self.q!r}"
@@ -224,7 +236,9 @@ class Empirical(_FiniteLaw):
         return jnp.asarray(self.samples, dtype)[idx]
 
     def __repr__(self):
-        return f"Empirical(n={len(self.samples)}, mean={self.mean:.4g}, std={self.variance ** 0.5:.4g})"
+        return (
+            f"Empirical(n={len(self.samples)}, mean={self.mean:.4g}, std={self.variance**0.5:.4g})"
+        )
 
     def to_spec(self):
         raise ValueError("an Empirical law has no spec string; save its samples instead")
@@ -235,7 +249,7 @@ class Empirical(_FiniteLaw):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StudentT(NoiseLaw):
-    """eps = scale * T_df; df = 1 is Cauchy, any df > 0. Variance scale^2 df/(df-2) (inf if df <= 2)."""
+    """eps = scale * T_df; df = 1 is Cauchy, any df > 0. Var scale^2 df/(df-2) (inf if df <= 2)."""
 
     df: float
     scale: float = 1.0
@@ -245,12 +259,18 @@ class StudentT(NoiseLaw):
         object.__setattr__(self, "scale", V.positive("scale", self.scale))
         # log normalising constant of the density, computed once
         nu = self.df
-        object.__setattr__(self, "_logc", math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2)
-                           - 0.5 * math.log(nu * math.pi) - math.log(self.scale))
+        object.__setattr__(
+            self,
+            "_logc",
+            math.lgamma((nu + 1) / 2)
+            - math.lgamma(nu / 2)
+            - 0.5 * math.log(nu * math.pi)
+            - math.log(self.scale),
+        )
 
     @property
     def variance(self):
-        return self.scale ** 2 * self.df / (self.df - 2) if self.df > 2 else math.inf
+        return self.scale**2 * self.df / (self.df - 2) if self.df > 2 else math.inf
 
     def sample(self, key, shape=(), dtype=jnp.float32):
         if self.df == 1.0:
@@ -266,6 +286,7 @@ class StudentT(NoiseLaw):
 
     def _cdf(self, x):
         from scipy.special import stdtr  # deferred: scipy is only needed by the theory side
+
         return stdtr(self.df, np.asarray(x) / self.scale)
 
     def _sf(self, x):
@@ -288,7 +309,7 @@ class Laplace(NoiseLaw):
 
     @property
     def variance(self):
-        return 2 * self.scale ** 2
+        return 2 * self.scale**2
 
     def sample(self, key, shape=(), dtype=jnp.float32):
         return self.scale * jax.random.laplace(key, shape, dtype)
@@ -321,7 +342,7 @@ class Uniform(NoiseLaw):
 
     @property
     def variance(self):
-        return self.half_width ** 2 / 3
+        return self.half_width**2 / 3
 
     def sample(self, key, shape=(), dtype=jnp.float32):
         h = self.half_width
@@ -354,7 +375,7 @@ class Exponential(NoiseLaw):
 
     @property
     def variance(self):
-        return self.scale ** 2
+        return self.scale**2
 
     def sample(self, key, shape=(), dtype=jnp.float32):
         return self.scale * (jax.random.exponential(key, shape, dtype) - 1)
@@ -404,27 +425,37 @@ def parse_noise(spec: str) -> NoiseLaw:
     Raises ValueError naming the problem (unknown law, unknown or malformed parameter, range).
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"noise spec must be a non-empty string like 'gaussian:std=1', got {spec!r}")
+        raise ValueError(
+            f"noise spec must be a non-empty string like 'gaussian:std=1', got {spec!r}"
+        )
     name, _, rest = spec.strip().partition(":")
     name = name.strip().lower()
     if name not in _PARSERS:
-        raise ValueError(f"unknown noise law {name!r} in noise spec {spec!r}; "
-                         f"allowed: {', '.join(sorted(_PARSERS))}")
+        raise ValueError(
+            f"unknown noise law {name!r} in noise spec {spec!r}; "
+            f"allowed: {', '.join(sorted(_PARSERS))}"
+        )
     ctor, params = _PARSERS[name]
     kwargs = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, val = item.partition("=")
         key = key.strip()
         if not eq or key not in params:
-            raise ValueError(f"noise spec {spec!r}: bad parameter {item!r}; "
-                             f"{name} takes {', '.join(params)} as key=value")
+            raise ValueError(
+                f"noise spec {spec!r}: bad parameter {item!r}; "
+                f"{name} takes {', '.join(params)} as key=value"
+            )
         if key in kwargs:
             raise ValueError(f"noise spec {spec!r}: parameter {key!r} given twice")
         try:
             kwargs[key] = params[key](val.strip())
         except ValueError:
-            raise ValueError(f"noise spec {spec!r}: {key} must be a number, got {val.strip()!r}") from None
+            raise ValueError(
+                f"noise spec {spec!r}: {key} must be a number, got {val.strip()!r}"
+            ) from None
     try:
         return ctor(**kwargs)
     except TypeError:
-        raise ValueError(f"noise spec {spec!r}: {name} needs parameters {', '.join(params)}") from None
+        raise ValueError(
+            f"noise spec {spec!r}: {name} needs parameters {', '.join(params)}"
+        ) from None

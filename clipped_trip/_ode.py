@@ -40,9 +40,11 @@ class _Coefficients:
         self.lr = lr
         self.clip = clip
         self.lr_const = time_schedule_values("lr", lr, np.zeros(1))[0] if is_constant(lr) else None
-        self.clip_const = (time_schedule_values("clip", clip, np.zeros(1), allow_inf=True,
-                                                allow_none=True)[0]
-                           if is_constant(clip) else None)
+        self.clip_const = (
+            time_schedule_values("clip", clip, np.zeros(1), allow_inf=True, allow_none=True)[0]
+            if is_constant(clip)
+            else None
+        )
         if not (is_constant(clip) or isinstance(clip, RiskSchedule)):
             time_schedule_values("clip", clip, np.zeros(1), allow_inf=True, allow_none=True)
         if not is_constant(lr):
@@ -56,8 +58,11 @@ class _Coefficients:
             return self.clip_const
         if isinstance(self.clip, RiskSchedule):
             return float(self.clip.clip(R))
-        return float(time_schedule_values("clip", self.clip, np.array([t]), allow_inf=True,
-                                          allow_none=True)[0])
+        return float(
+            time_schedule_values("clip", self.clip, np.array([t]), allow_inf=True, allow_none=True)[
+                0
+            ]
+        )
 
     def lr_at(self, t):
         if self.lr_const is not None:
@@ -86,9 +91,8 @@ class _Coefficients:
             lr = lr / mu
         return lr, mu, nu, c
 
-
     def paths(self, t, risk):
-        """Effective learning rate and clip along a solved path (NaN where the risk is not finite)."""
+        """Effective learning rate and clip along a solved path (NaN where the risk is infinite)."""
         ok = np.isfinite(risk)
         lr_path = np.full(t.shape, np.nan)
         clip_path = np.full(t.shape, np.nan)
@@ -138,10 +142,15 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
     import scipy.integrate  # deferred: keeps `import clipped_trip` light
 
     solver_cls = getattr(scipy.integrate, method, None) if isinstance(method, str) else None
-    if solver_cls is None or not isinstance(solver_cls, type) or \
-            not issubclass(solver_cls, scipy.integrate.OdeSolver):
-        raise ValueError(f"method must be 'rk4' or a scipy OdeSolver name (DOP853, RK45, Radau, "
-                         f"BDF, LSODA), got {method!r}")
+    if (
+        solver_cls is None
+        or not isinstance(solver_cls, type)
+        or not issubclass(solver_cls, scipy.integrate.OdeSolver)
+    ):
+        raise ValueError(
+            f"method must be 'rk4' or a scipy OdeSolver name (DOP853, RK45, Radau, "
+            f"BDF, LSODA), got {method!r}"
+        )
     sums = []
     i = 0
     while i < t_rec.size and t_rec[i] <= 0.0:
@@ -173,22 +182,35 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
     return np.array(sums)[None, :], t_rec[: len(sums)]
 
 
-def solve_ode(problem: Problem, lr, clip=None, T=None, times=None, *, n_records: int = 201,
-              method: str = "DOP853", rtol: float = 1e-10, atol: float | None = None,
-              dt: float | None = None, use_table: bool = True,
-              divergence_threshold: float | None = None) -> ODEResult:
+def solve_ode(
+    problem: Problem,
+    lr,
+    clip=None,
+    T=None,
+    times=None,
+    *,
+    n_records: int = 201,
+    method: str = "DOP853",
+    rtol: float = 1e-10,
+    atol: float | None = None,
+    dt: float | None = None,
+    use_table: bool = True,
+    divergence_threshold: float | None = None,
+) -> ODEResult:
     """Solve the risk ODE of clipped SGD.
 
     Args:
         problem: the :class:`Problem`.
         lr: gamma: a number > 0, a callable of t, or (times, values).
         clip: None (no clipping), a number, a callable of t, (times, values), or a
-            :class:`RiskSchedule` (clip as a function of the current risk, e.g. ``max_ccc_schedule``).
+            :class:`RiskSchedule` (clip as a function of the current risk, e.g.
+            ``max_ccc_schedule``).
         T, times, n_records: horizon and record times (default ``n_records`` even points on [0, T]).
         method: "DOP853" (default), any ``scipy.integrate.solve_ivp`` method, or "rk4" (fixed step
             ``dt``, default 1e-3).
         rtol, atol: tolerances for solve_ivp (atol default rtol * 1e-6 * R0 / d).
-        use_table: tabulate mu, nu in R when they depend on R alone (fast); False evaluates directly.
+        use_table: tabulate mu, nu in R when they depend on R alone (fast); False evaluates
+            them directly.
         divergence_threshold: risk above this stops the solve and marks divergence
             (default 1e12 max(R0, 1)).
 
@@ -226,7 +248,6 @@ def solve_ode(problem: Problem, lr, clip=None, T=None, times=None, *, n_records:
         return -2.0 * g * mu * lam * y + g * g * nu * lam2_half_D
 
     start = 0.0
-    t_eval = t_rec
     if method.lower() == "rk4":
         h = 1e-3 if dt is None else V.positive("dt", dt)
         grid = np.concatenate([[start], t_rec]) if t_rec[0] > start else t_rec
@@ -249,7 +270,12 @@ def solve_ode(problem: Problem, lr, clip=None, T=None, times=None, *, n_records:
     div_time = float(t_rec[np.argmax(bad)]) if diverged else float("nan")
     risk[np.maximum.accumulate(bad)] = np.inf
     lr_path, clip_path = coef.paths(t_rec, risk)
-    params = {"kind": "ode", "method": method, "rtol": rtol, "T": float(t_rec[-1]),
-              "clip": getattr(clip, "name", clip if is_constant(clip) else "time schedule"),
-              "problem": problem.describe()}
+    params = {
+        "kind": "ode",
+        "method": method,
+        "rtol": rtol,
+        "T": float(t_rec[-1]),
+        "clip": getattr(clip, "name", clip if is_constant(clip) else "time schedule"),
+        "problem": problem.describe(),
+    }
     return ODEResult(t_rec, risk, lr_path, clip_path, diverged, div_time, params)

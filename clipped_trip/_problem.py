@@ -72,20 +72,32 @@ class Problem:
         return 0.5 * float(np.dot(self.eigenvalues, e * e))
 
     def replace(self, **changes) -> "Problem":
-        kw = dict(eigenvalues=self.eigenvalues, x0=self.x0, x_star=self.x_star, noise=self.noise,
-                  name=self.name)
+        kw = dict(
+            eigenvalues=self.eigenvalues,
+            x0=self.x0,
+            x_star=self.x_star,
+            noise=self.noise,
+            name=self.name,
+        )
         kw.update(changes)
         return Problem(**kw)
 
     def describe(self) -> dict:
-        return {"name": self.name, "d": self.d, "D": self.D,
-                "intrinsic_dimension": self.intrinsic_dimension,
-                "initial_risk": self.initial_risk, "noise": repr(self.noise)}
+        return {
+            "name": self.name,
+            "d": self.d,
+            "D": self.D,
+            "intrinsic_dimension": self.intrinsic_dimension,
+            "initial_risk": self.initial_risk,
+            "noise": repr(self.noise),
+        }
 
     def __repr__(self):
-        return (f"Problem({self.name}, d={self.d}, D={self.D:.4g}, "
-                f"intrinsic_dim={self.intrinsic_dimension:.4g}, R0={self.initial_risk:.4g}, "
-                f"noise={self.noise!r})")
+        return (
+            f"Problem({self.name}, d={self.d}, D={self.D:.4g}, "
+            f"intrinsic_dim={self.intrinsic_dimension:.4g}, R0={self.initial_risk:.4g}, "
+            f"noise={self.noise!r})"
+        )
 
     # --- constructors ------------------------------------------------------------------------
     @classmethod
@@ -104,7 +116,9 @@ class Problem:
             raise ValueError("K must be symmetric (|K - K^T| <= 1e-8 max|K|)")
         lam, U = np.linalg.eigh(0.5 * (K + K.T))
         if lam.min() < -tol * max(lam.max(), 1e-300):
-            raise ValueError(f"K must be positive semi-definite; smallest eigenvalue {lam.min():.3g}")
+            raise ValueError(
+                f"K must be positive semi-definite; smallest eigenvalue {lam.min():.3g}"
+            )
         lam = np.clip(lam, 0.0, None)[::-1]
         U = U[:, ::-1]
         d = K.shape[0]
@@ -119,8 +133,17 @@ class Problem:
         return cls._with_defaults(np.ones(d), noise, x0, x_star, "isotropic")
 
     @classmethod
-    def two_level(cls, d: int, noise, *, high: float = 1.0, low: float = 0.1, fraction: float = 0.5,
-                  x0=None, x_star=None) -> "Problem":
+    def two_level(
+        cls,
+        d: int,
+        noise,
+        *,
+        high: float = 1.0,
+        low: float = 0.1,
+        fraction: float = 0.5,
+        x0=None,
+        x_star=None,
+    ) -> "Problem":
         """``round(fraction d)`` eigenvalues ``high``, the rest ``low``."""
         d = V.count("d", d)
         high = V.positive("high", high)
@@ -131,8 +154,9 @@ class Problem:
         return cls._with_defaults(lam, noise, x0, x_star, "two-level")
 
     @classmethod
-    def power_law(cls, d: int, alpha: float, noise, *, normalize: bool = True, x0=None,
-                  x_star=None) -> "Problem":
+    def power_law(
+        cls, d: int, alpha: float, noise, *, normalize: bool = True, x0=None, x_star=None
+    ) -> "Problem":
         """lambda_j = j^-alpha, j = 1..d (already ||K|| = 1; ``normalize`` divides by the max)."""
         d = V.count("d", d)
         alpha = V.nonnegative("alpha", alpha)

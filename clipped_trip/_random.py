@@ -26,7 +26,9 @@ def gamma_sample(key, a, shape, dtype=jnp.float64):
         # uniform/normal draws in float32 (cheap); the acceptance test in ``dtype``: for large
         # shapes d (1 - v + log v) cancels and needs float64
         x = jax.random.normal(kx, shape, jnp.float32).astype(dtype)
-        u = jax.random.uniform(ku, shape, jnp.float32, minval=jnp.finfo(jnp.float32).tiny).astype(dtype)
+        u = jax.random.uniform(ku, shape, jnp.float32, minval=jnp.finfo(jnp.float32).tiny).astype(
+            dtype
+        )
         v = (1.0 + c * x) ** 3
         safe_v = jnp.where(v > 0, v, 1.0)
         ok = (v > 0) & (jnp.log(u) < 0.5 * x * x + d - d * safe_v + d * jnp.log(safe_v))

@@ -32,16 +32,19 @@ def load_digits_binary():
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ValueError("the digits data set needs scikit-learn (pip install scikit-learn), "
-                         "or pass a CIFAR-10 folder") from None
+        raise ValueError(
+            "the digits data set needs scikit-learn (pip install scikit-learn), "
+            "or pass a CIFAR-10 folder"
+        ) from None
     data = load_digits()
     X = data.data.astype(np.float64) / 16.0
     y = np.where(data.target >= 5, 1.0, -1.0)
     return X, y
 
 
-def load_cifar10(folder, batches=("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                  "data_batch_5")):
+def load_cifar10(
+    folder, batches=("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+):
     """CIFAR-10 python batches in ``folder``: classes {2,3,5} -> -1, {9,8,0} -> +1.
 
     The batches are the official pickled dicts (keys b'data' (N, 3072) uint8 and b'labels'); they
@@ -61,7 +64,9 @@ def load_cifar10(folder, batches=("data_batch_1", "data_batch_2", "data_batch_3"
             data = np.asarray(batch[b"data"], dtype=np.float64) / 255.0
             labels = np.asarray(batch[b"labels"])
         except (KeyError, TypeError):
-            raise ValueError(f"{path} is not a CIFAR-10 python batch (needs b'data', b'labels')") from None
+            raise ValueError(
+                f"{path} is not a CIFAR-10 python batch (needs b'data', b'labels')"
+            ) from None
         keep = np.isin(labels, CIFAR_NEGATIVE + CIFAR_POSITIVE)
         xs.append(data[keep])
         ys.append(np.where(np.isin(labels[keep], CIFAR_POSITIVE), 1.0, -1.0))
@@ -91,8 +96,15 @@ def random_feature_regression(X, y, n_features=500, seed=0):
     x_star, *_ = np.linalg.lstsq(F, y, rcond=None)
     residuals = y - F @ x_star
     D = float(np.trace(K))
-    return {"F": F, "y": y, "K": K, "x_star": x_star, "residuals": residuals, "D": D,
-            "intrinsic_dimension": D}
+    return {
+        "F": F,
+        "y": y,
+        "K": K,
+        "x_star": x_star,
+        "residuals": residuals,
+        "D": D,
+        "intrinsic_dimension": D,
+    }
 
 
 @partial(jax.jit, static_argnames=("record_every", "runs"))
@@ -109,6 +121,7 @@ def _real_sgd_core(F, y, x0, x_star, K, lr_over_D, thr, key, record_every, runs)
                 w = jnp.dot(f, x) - y[i]
                 g_norm = jnp.abs(w) * jnp.linalg.norm(f)
                 return x - lr_over_D * clip_factor(g_norm, thr) * w * f, None
+
             x, _ = jax.lax.scan(step, x, idx)
             e = x - x_star
             return x, 0.5 * jnp.dot(e, K @ e)
@@ -131,8 +144,17 @@ def real_data_sgd(data, x0, lr, clip, runs=50, seed=0, record_every=20):
     thr = np.inf if clip is None else V.positive("clip", clip) * np.sqrt(data["D"])
     runs = V.count("runs", runs)
     record_every = V.count("record_every", record_every)
-    risk = _real_sgd_core(jnp.asarray(data["F"]), jnp.asarray(data["y"]), jnp.asarray(x0),
-                          jnp.asarray(data["x_star"]), jnp.asarray(data["K"]),
-                          lr / data["D"], thr, jax.random.key(seed), record_every, runs)
+    risk = _real_sgd_core(
+        jnp.asarray(data["F"]),
+        jnp.asarray(data["y"]),
+        jnp.asarray(x0),
+        jnp.asarray(data["x_star"]),
+        jnp.asarray(data["K"]),
+        lr / data["D"],
+        thr,
+        jax.random.key(seed),
+        record_every,
+        runs,
+    )
     t = np.arange(risk.shape[1]) * record_every / data["D"]
     return t, np.asarray(risk, dtype=np.float64)

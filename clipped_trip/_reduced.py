@@ -28,8 +28,7 @@ from ._noise import NoiseLaw
 from ._problem import Problem
 from ._random import gamma_sample
 from ._results import RiskPaths, divergence_limit, mark_divergence
-from ._simulate import (DEFAULT_RUN_CHUNK, _step_table, chunk_size, map_runs, record_grid,
-                        run_keys)
+from ._simulate import DEFAULT_RUN_CHUNK, _step_table, map_runs, record_grid, run_keys
 
 __all__ = ["ReducedProblem", "simulate_reduced"]
 
@@ -50,9 +49,11 @@ class ReducedProblem:
             raise ValueError("multiplicities must be integers >= 1, one per eigenvalue")
         object.__setattr__(self, "eigenvalues", lam)
         object.__setattr__(self, "multiplicities", mult.astype(np.int64))
-        object.__setattr__(self, "initial_sq_norms",
-                           V.vector("initial_sq_norms", self.initial_sq_norms, length=lam.size,
-                                    nonneg=True))
+        object.__setattr__(
+            self,
+            "initial_sq_norms",
+            V.vector("initial_sq_norms", self.initial_sq_norms, length=lam.size, nonneg=True),
+        )
         if not isinstance(self.noise, NoiseLaw):
             raise ValueError(f"noise must be a NoiseLaw, got {self.noise!r}")
 
@@ -71,15 +72,21 @@ class ReducedProblem:
     @classmethod
     def from_problem(cls, problem: Problem) -> "ReducedProblem":
         """Group equal eigenvalues of a full :class:`Problem` (exactly equal values)."""
-        lam, inverse, counts = np.unique(problem.eigenvalues, return_inverse=True, return_counts=True)
+        lam, inverse, counts = np.unique(
+            problem.eigenvalues, return_inverse=True, return_counts=True
+        )
         e = problem.initial_error
         return cls(lam, counts, np.bincount(inverse, weights=e * e), problem.noise)
 
     @classmethod
     def isotropic(cls, d: int, noise, initial_risk: float = 0.5) -> "ReducedProblem":
         d = V.count("d", d)
-        return cls(np.ones(1), np.array([d]), np.array([2 * V.positive("initial_risk", initial_risk)]),
-                   noise)
+        return cls(
+            np.ones(1),
+            np.array([d]),
+            np.array([2 * V.positive("initial_risk", initial_risk)]),
+            noise,
+        )
 
     @classmethod
     def two_level(cls, d: int, noise, *, high=1.0, low=0.1, fraction=0.5) -> "ReducedProblem":
@@ -104,8 +111,22 @@ _BLOCK = 32768  # steps whose random numbers are drawn together (fixed: part of 
 
 
 @partial(jax.jit, static_argnames=("noise", "chunk"))
-def _reduced_core(lam, sqrt_lam, chi_df, n0, inv_D, sqrt_D, lr_tab, clip_tab, keys, rec_steps,
-                  n_steps, noise, chunk, n_blocks):  # n_blocks traced: a new T does not recompile
+def _reduced_core(
+    lam,
+    sqrt_lam,
+    chi_df,
+    n0,
+    inv_D,
+    sqrt_D,
+    lr_tab,
+    clip_tab,
+    keys,
+    rec_steps,
+    n_steps,
+    noise,
+    chunk,
+    n_blocks,
+):  # n_blocks traced: a new T does not recompile
     """Block-norm chain; random numbers drawn per block of _BLOCK steps (vectorised), then a
     sequential scan does the arithmetic; risks recorded after the steps listed in rec_steps."""
     m = lam.shape[0]
@@ -152,9 +173,20 @@ def _reduced_core(lam, sqrt_lam, chi_df, n0, inv_D, sqrt_D, lr_tab, clip_tab, ke
     return map_runs(one_run, lr_tab, clip_tab, keys, chunk)
 
 
-def simulate_reduced(problem: ReducedProblem, lr, clip=None, T=None, runs: int = 16, seed: int = 0,
-                     times=None, *, n_records: int = 101, first_run: int = 0,
-                     divergence_threshold=None, run_chunk: int = DEFAULT_RUN_CHUNK) -> RiskPaths:
+def simulate_reduced(
+    problem: ReducedProblem,
+    lr,
+    clip=None,
+    T=None,
+    runs: int = 16,
+    seed: int = 0,
+    times=None,
+    *,
+    n_records: int = 101,
+    first_run: int = 0,
+    divergence_threshold=None,
+    run_chunk: int = DEFAULT_RUN_CHUNK,
+) -> RiskPaths:
     """Clipped SGD on a spectrum with few distinct eigenvalues, O(m) per step (float64).
 
     Same arguments and result as :func:`simulate`; same law, not the same random stream.
@@ -176,13 +208,31 @@ def simulate_reduced(problem: ReducedProblem, lr, clip=None, T=None, runs: int =
     lam = problem.eigenvalues
     with jax.enable_x64(True):
         f = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
-        risk = _reduced_core(f(lam), f(np.sqrt(lam)), f(problem.multiplicities - 1),
-                             f(problem.initial_sq_norms), f(1.0 / D), f(math.sqrt(D)), f(lr_tab),
-                             f(clip_tab), run_keys(seed, first_run, runs),
-                             jnp.asarray(rec_steps, jnp.int64), jnp.asarray(n_steps, jnp.int64),
-                             problem.noise, chunk, jnp.asarray(n_blocks, jnp.int64))
+        risk = _reduced_core(
+            f(lam),
+            f(np.sqrt(lam)),
+            f(problem.multiplicities - 1),
+            f(problem.initial_sq_norms),
+            f(1.0 / D),
+            f(math.sqrt(D)),
+            f(lr_tab),
+            f(clip_tab),
+            run_keys(seed, first_run, runs),
+            jnp.asarray(rec_steps, jnp.int64),
+            jnp.asarray(n_steps, jnp.int64),
+            problem.noise,
+            chunk,
+            jnp.asarray(n_blocks, jnp.int64),
+        )
         risk = np.asarray(risk, dtype=np.float64)[0][:, where_rec]
     risk, diverged, when = mark_divergence(risk, t, threshold)
-    params = {"kind": "sgd-reduced", "T": float(t[-1]), "runs": runs, "seed": seed,
-              "d": problem.d, "D": D, "blocks": int(lam.size)}
+    params = {
+        "kind": "sgd-reduced",
+        "T": float(t[-1]),
+        "runs": runs,
+        "seed": seed,
+        "d": problem.d,
+        "D": D,
+        "blocks": int(lam.size),
+    }
     return RiskPaths(t, risk, diverged, when, params)

@@ -12,6 +12,7 @@ __all__ = ["RiskPaths", "ODEResult", "mark_divergence", "divergence_limit"]
 def divergence_limit(threshold, initial_risk: float) -> float:
     """The risk above which a run counts as diverged: ``threshold`` or 1e12 max(R0, 1)."""
     from . import _validate as V
+
     if threshold is None:
         return 1e12 * max(initial_risk, 1.0)
     return V.positive("divergence_threshold", threshold)
@@ -20,7 +21,7 @@ def divergence_limit(threshold, initial_risk: float) -> float:
 def mark_divergence(risk: np.ndarray, t: np.ndarray, threshold: float):
     """Find runs whose risk overflowed (non-finite or above ``threshold``).
 
-    Returns (risk with +inf from the first overflow on, diverged mask, first divergence time or NaN).
+    Returns (risk, +inf from the first overflow on; diverged mask; first divergence time or NaN).
     Works on any leading shape; the last axis is time.
     """
     risk = np.array(risk, dtype=np.float64)
@@ -86,7 +87,9 @@ class RiskPaths:
         if n == 0:
             return "no run diverged"
         first = np.nanmin(self.divergence_time)
-        return f"{n} of {self.diverged.size} runs diverged (risk overflowed; first at t = {first:.4g})"
+        return (
+            f"{n} of {self.diverged.size} runs diverged (risk overflowed; first at t = {first:.4g})"
+        )
 
 
 @dataclass(frozen=True, eq=False)

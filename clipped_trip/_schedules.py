@@ -52,25 +52,32 @@ def _call_vectorised(f, t):
     return np.array([float(f(float(ti))) for ti in t], dtype=np.float64)
 
 
-def time_schedule_values(name: str, schedule, t, *, allow_inf: bool = False,
-                         allow_none: bool = False) -> np.ndarray:
+def time_schedule_values(
+    name: str, schedule, t, *, allow_inf: bool = False, allow_none: bool = False
+) -> np.ndarray:
     """Evaluate a schedule at the times ``t`` and validate the values (> 0)."""
     t = np.asarray(t, dtype=np.float64)
     if schedule is None:
         if not allow_none:
-            raise ValueError(f"{name} must be given (a number > 0, a callable of t or (times, values))")
+            raise ValueError(
+                f"{name} must be given (a number > 0, a callable of t or (times, values))"
+            )
         return np.full(t.shape, math.inf)
     if isinstance(schedule, RiskSchedule):
-        raise ValueError(f"{name}: a RiskSchedule works in solve_ode only; for simulate pass "
-                         "the ODE's time schedules (result.lr_path / result.clip_path with result.t)")
+        raise ValueError(
+            f"{name}: a RiskSchedule works in solve_ode only; for simulate pass "
+            "the ODE's time schedules (result.lr_path / result.clip_path with result.t)"
+        )
     if callable(schedule):
         values = _call_vectorised(schedule, t)
     elif isinstance(schedule, tuple) and len(schedule) == 2 and np.ndim(schedule[0]) == 1:
         grid = V.vector(f"{name} times", schedule[0])
         vals = np.asarray(schedule[1], dtype=np.float64)
         if vals.shape != grid.shape:
-            raise ValueError(f"{name}: times and values must have the same length, "
-                             f"got {grid.size} and {vals.size}")
+            raise ValueError(
+                f"{name}: times and values must have the same length, "
+                f"got {grid.size} and {vals.size}"
+            )
         if np.any(np.diff(grid) <= 0):
             raise ValueError(f"{name} times must be strictly increasing")
         values = np.interp(t, grid, vals)
@@ -80,8 +87,10 @@ def time_schedule_values(name: str, schedule, t, *, allow_inf: bool = False,
     bad = np.isnan(values) | (values <= 0) | (np.isinf(values) & (not allow_inf))
     if np.any(bad):
         i = int(np.argmax(bad))
-        raise ValueError(f"{name} must be > 0{' (inf allowed)' if allow_inf else ' and finite'} "
-                         f"at every time; got {values[i]} at t = {t[i]:.6g}")
+        raise ValueError(
+            f"{name} must be > 0{' (inf allowed)' if allow_inf else ' and finite'} "
+            f"at every time; got {values[i]} at t = {t[i]:.6g}"
+        )
     return values
 
 

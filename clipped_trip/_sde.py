@@ -23,7 +23,14 @@ from ._factors import reduction_factors
 from ._problem import Problem
 from ._results import RiskPaths, divergence_limit, mark_divergence
 from ._schedules import RiskSchedule, is_constant, time_schedule_values
-from ._simulate import DEFAULT_RUN_CHUNK, chunk_size, map_runs, resolve_dtype, run_keys
+from ._simulate import (
+    DEFAULT_RUN_CHUNK,
+    chunk_size,
+    describe_schedule,
+    map_runs,
+    resolve_dtype,
+    run_keys,
+)
 
 __all__ = ["simulate_sde"]
 
@@ -43,8 +50,24 @@ def _log_table(mu, nu):
 
 
 @partial(jax.jit, static_argnames=("mode", "chunk"))
-def _sde_core(lam, sqrt_lam, x0, inv_D, dt, lr_tab, clip_tab, keys, bounds, log_r, tab_mu, tab_nu,
-              log_c, m2, mode, chunk):
+def _sde_core(
+    lam,
+    sqrt_lam,
+    x0,
+    inv_D,
+    dt,
+    lr_tab,
+    clip_tab,
+    keys,
+    bounds,
+    log_r,
+    tab_mu,
+    tab_nu,
+    log_c,
+    m2,
+    mode,
+    chunk,
+):
     d = x0.shape[0]
     n_lr = lr_tab.shape[1]
     n_c = clip_tab.shape[1]
@@ -64,8 +87,13 @@ def _sde_core(lam, sqrt_lam, x0, inv_D, dt, lr_tab, clip_tab, keys, bounds, log_
         fy = jnp.clip((y - log_c[j]) / (log_c[j + 1] - log_c[j]), 0.0, 1.0)
 
         def bil(tab):
-            return ((1 - fx) * (1 - fy) * tab[i, j] + fx * (1 - fy) * tab[i + 1, j]
-                    + (1 - fx) * fy * tab[i, j + 1] + fx * fy * tab[i + 1, j + 1])
+            return (
+                (1 - fx) * (1 - fy) * tab[i, j]
+                + fx * (1 - fy) * tab[i + 1, j]
+                + (1 - fx) * fy * tab[i, j + 1]
+                + fx * fy * tab[i + 1, j + 1]
+            )
+
         return jnp.exp(bil(tab_mu)), jnp.exp(bil(tab_nu))
 
     def one_run(lr_row, clip_row, key):
@@ -87,10 +115,22 @@ def _sde_core(lam, sqrt_lam, x0, inv_D, dt, lr_tab, clip_tab, keys, bounds, log_
     return map_runs(one_run, lr_tab, clip_tab, keys, chunk)
 
 
-def simulate_sde(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: int = 0,
-                 dt: float = 0.01, times=None, *, n_records: int = 101, dtype="float32",
-                 first_run: int = 0, divergence_threshold=None,
-                 run_chunk: int = DEFAULT_RUN_CHUNK) -> RiskPaths:
+def simulate_sde(
+    problem: Problem,
+    lr,
+    clip=None,
+    T=None,
+    runs: int = 16,
+    seed: int = 0,
+    dt: float = 0.01,
+    times=None,
+    *,
+    n_records: int = 101,
+    dtype="float32",
+    first_run: int = 0,
+    divergence_threshold=None,
+    run_chunk: int = DEFAULT_RUN_CHUNK,
+) -> RiskPaths:
     """Homogenized SGD (C-HSGD) by Euler-Maruyama with step ``dt`` (in time units t = k / D).
 
     Same arguments and result type as :func:`simulate`; ``clip`` may also be a
@@ -116,8 +156,11 @@ def simulate_sde(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: 
     steps = np.rint(t / dt).astype(np.int64)
     n_steps = max(int(steps[-1]), 1)
     step_t = np.arange(n_steps) * dt
-    lr_tab = (time_schedule_values("lr", lr, np.zeros(1)) if is_constant(lr)
-              else time_schedule_values("lr", lr, step_t))
+    lr_tab = (
+        time_schedule_values("lr", lr, np.zeros(1))
+        if is_constant(lr)
+        else time_schedule_values("lr", lr, step_t)
+    )
     noise = problem.noise
     log_r = _risk_grid(problem)
     R_grid = np.exp(log_r)
@@ -139,18 +182,46 @@ def simulate_sde(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: 
         mode = "time"
         clip_tab = time_schedule_values("clip", clip, step_t)
         c_lo, c_hi = clip_tab.min(), clip_tab.max()
-        log_c = np.linspace(math.log(c_lo) - 1e-9, math.log(c_hi) + 1e-9,
-                            max(2, int(_PER_DECADE * math.log10(c_hi / c_lo)) + 2))
-        tab_mu, tab_nu = _log_table(*reduction_factors(noise, R_grid[:, None],
-                                                        np.exp(log_c)[None, :]))
+        log_c = np.linspace(
+            math.log(c_lo) - 1e-9,
+            math.log(c_hi) + 1e-9,
+            max(2, int(_PER_DECADE * math.log10(c_hi / c_lo)) + 2),
+        )
+        tab_mu, tab_nu = _log_table(
+            *reduction_factors(noise, R_grid[:, None], np.exp(log_c)[None, :])
+        )
     bounds = np.stack([np.concatenate([[0], steps[:-1]]), steps], axis=1).astype(np.int32)
     f = lambda a: jnp.asarray(a, dtype_)  # noqa: E731
     lam = problem.eigenvalues
-    risk = _sde_core(f(lam), f(np.sqrt(lam)), f(problem.initial_error), f(1.0 / problem.D), f(dt),
-                     f(lr_tab[None, :]), f(clip_tab[None, :]), run_keys(seed, first_run, runs),
-                     jnp.asarray(bounds), f(log_r), f(tab_mu), f(tab_nu), f(log_c),
-                     f(noise.second_moment), mode, chunk)
+    risk = _sde_core(
+        f(lam),
+        f(np.sqrt(lam)),
+        f(problem.initial_error),
+        f(1.0 / problem.D),
+        f(dt),
+        f(lr_tab[None, :]),
+        f(clip_tab[None, :]),
+        run_keys(seed, first_run, runs),
+        jnp.asarray(bounds),
+        f(log_r),
+        f(tab_mu),
+        f(tab_nu),
+        f(log_c),
+        f(noise.second_moment),
+        mode,
+        chunk,
+    )
     risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
-    params = {"kind": "sde", "dt": dt, "T": float(t[-1]), "runs": runs, "seed": seed,
-              "dtype": str(dtype), "problem": problem.describe()}
+    params = {
+        "kind": "sde",
+        "lr": describe_schedule(lr),
+        "clip": describe_schedule(clip),
+        "dt": dt,
+        "T": float(t[-1]),
+        "runs": runs,
+        "seed": seed,
+        "first_run": first_run,
+        "dtype": str(dtype),
+        "problem": problem.describe(),
+    }
     return RiskPaths(t, risk, diverged, when, params)

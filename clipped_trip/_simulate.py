@@ -25,13 +25,13 @@ from . import _validate as V
 from ._clip import clip_factor
 from ._problem import Problem
 from ._results import RiskPaths, divergence_limit, mark_divergence
-from ._schedules import is_constant, time_schedule_values
+from ._schedules import RiskSchedule, is_constant, time_schedule_values
 
 __all__ = ["simulate", "sweep", "trace_count", "record_grid"]
 
 _TRACES = {"count": 0}
 DEFAULT_RUN_CHUNK = None  # automatic: a power of two depending on d only (see chunk_size)
-_CHUNK_ELEMENTS = 2 ** 16  # runs x d per chunk: enough work per step to vectorise well
+_CHUNK_ELEMENTS = 2**16  # runs x d per chunk: enough work per step to vectorise well
 
 
 def chunk_size(width: int, requested=None) -> int:
@@ -60,8 +60,10 @@ def resolve_dtype(dtype):
     if dt not in (jnp.dtype("float32"), jnp.dtype("float64")):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     if dt == jnp.dtype("float64") and not jax.config.jax_enable_x64:
-        raise ValueError("dtype float64 needs JAX's 64-bit mode: call "
-                         "jax.config.update('jax_enable_x64', True) first")
+        raise ValueError(
+            "dtype float64 needs JAX's 64-bit mode: call "
+            "jax.config.update('jax_enable_x64', True) first"
+        )
     return dt
 
 
@@ -81,7 +83,7 @@ def record_grid(D: float, T, times, n_records):
                 raise ValueError(f"times must be <= T = {T}, got max {t[-1]}")
     steps = np.rint(t * D).astype(np.int64)
     n_steps = int(steps[-1])
-    if n_steps > 2 ** 31 - 1:
+    if n_steps > 2**31 - 1:
         raise ValueError(f"T * D = {n_steps} steps exceeds 2^31 - 1; use a smaller T")
     return np.asarray(t, dtype=np.float64), steps, n_steps
 
@@ -89,15 +91,17 @@ def record_grid(D: float, T, times, n_records):
 def _step_table(name, schedule, n_steps, D, allow_inf):
     """A schedule as values per step (length 1 for constants, so sweeps share one program)."""
     if is_constant(schedule):
-        return time_schedule_values(name, schedule, np.zeros(1), allow_inf=allow_inf,
-                                    allow_none=allow_inf)
+        return time_schedule_values(
+            name, schedule, np.zeros(1), allow_inf=allow_inf, allow_none=allow_inf
+        )
     t_steps = np.arange(max(n_steps, 1), dtype=np.float64) / D
     return time_schedule_values(name, schedule, t_steps, allow_inf=allow_inf, allow_none=allow_inf)
 
 
 @partial(jax.jit, static_argnames=("noise", "chunk", "runs"))
-def _simulate_core(sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, seed, first_run, bounds, noise,
-                   chunk, runs):
+def _simulate_core(
+    sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, seed, first_run, bounds, noise, chunk, runs
+):
     """risk[cell, run, record] for lr_tab/clip_tab of shape (cells, knots)."""
     _TRACES["count"] += 1  # Python side effect: runs once per trace, never at run time
     keys = _run_keys_traced(seed, first_run, runs)  # inside the program: no extra compile
@@ -156,7 +160,7 @@ _keys = jax.jit(_run_keys_traced, static_argnames=("runs",))
 
 def _check_seed(seed, first_run, runs):
     seed = V.count("seed", seed, lo=0)
-    if seed >= 2 ** 32 or first_run + runs > 2 ** 32:
+    if seed >= 2**32 or first_run + runs > 2**32:
         raise ValueError(f"seed and run indices must be < 2^32, got seed {seed}")
     return jnp.uint32(seed), jnp.uint32(first_run)
 
@@ -166,8 +170,20 @@ def run_keys(seed, first_run, runs):
     return _keys(*_check_seed(seed, first_run, runs), runs=runs)
 
 
-def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, first_run,
-         divergence_threshold, chunk):
+def _run(
+    problem,
+    lr_tabs,
+    clip_tabs,
+    T,
+    runs,
+    seed,
+    times,
+    n_records,
+    dtype,
+    first_run,
+    divergence_threshold,
+    chunk,
+):
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
     runs = V.count("runs", runs)
@@ -181,18 +197,38 @@ def _run(problem, lr_tabs, clip_tabs, T, runs, seed, times, n_records, dtype, fi
     bounds = np.stack([np.concatenate([[0], steps[:-1]]), steps], axis=1).astype(np.int32)
     chunk = chunk_size(problem.d, chunk)
     risk = _simulate_core(
-        jnp.asarray(np.sqrt(problem.eigenvalues), dt), jnp.asarray(problem.initial_error, dt),
-        jnp.asarray(1.0 / D, dt), jnp.asarray(math.sqrt(D), dt), jnp.asarray(lr_tab, dt),
-        jnp.asarray(clip_tab, dt), *_check_seed(seed, first_run, runs), jnp.asarray(bounds),
-        problem.noise, chunk, runs)
+        jnp.asarray(np.sqrt(problem.eigenvalues), dt),
+        jnp.asarray(problem.initial_error, dt),
+        jnp.asarray(1.0 / D, dt),
+        jnp.asarray(math.sqrt(D), dt),
+        jnp.asarray(lr_tab, dt),
+        jnp.asarray(clip_tab, dt),
+        *_check_seed(seed, first_run, runs),
+        jnp.asarray(bounds),
+        problem.noise,
+        chunk,
+        runs,
+    )
     risk = np.asarray(risk, dtype=np.float64)
     risk, diverged, when = mark_divergence(risk, t, threshold)
     return t, steps, risk, diverged, when
 
 
-def simulate(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: int = 0, times=None,
-             *, n_records: int = 101, dtype="float32", first_run: int = 0,
-             divergence_threshold=None, run_chunk: int = DEFAULT_RUN_CHUNK) -> RiskPaths:
+def simulate(
+    problem: Problem,
+    lr,
+    clip=None,
+    T=None,
+    runs: int = 16,
+    seed: int = 0,
+    times=None,
+    *,
+    n_records: int = 101,
+    dtype="float32",
+    first_run: int = 0,
+    divergence_threshold=None,
+    run_chunk: int = DEFAULT_RUN_CHUNK,
+) -> RiskPaths:
     """Run streaming (clipped) SGD ``runs`` times and record the excess risk.
 
     Args:
@@ -214,21 +250,53 @@ def simulate(problem: Problem, lr, clip=None, T=None, runs: int = 16, seed: int 
 
     References: arXiv 2406.11733, clipped SGD (Sec. 2); SPEC sections 1-2.
     """
-    t, steps, risk, diverged, when = _run(problem, [lr], [clip], T, runs, seed, times, n_records,
-                                          dtype, first_run, divergence_threshold, run_chunk)
-    params = {"kind": "sgd", "lr": _describe(lr), "clip": _describe(clip), "T": float(t[-1]),
-              "runs": runs, "seed": seed, "first_run": first_run, "dtype": str(dtype),
-              "problem": problem.describe()}
+    t, steps, risk, diverged, when = _run(
+        problem,
+        [lr],
+        [clip],
+        T,
+        runs,
+        seed,
+        times,
+        n_records,
+        dtype,
+        first_run,
+        divergence_threshold,
+        run_chunk,
+    )
+    params = {
+        "kind": "sgd",
+        "lr": describe_schedule(lr),
+        "clip": describe_schedule(clip),
+        "T": float(t[-1]),
+        "runs": runs,
+        "seed": seed,
+        "first_run": first_run,
+        "dtype": str(dtype),
+        "problem": problem.describe(),
+    }
     return RiskPaths(t, risk[0], diverged[0], when[0], params)
 
 
-def sweep(problem: Problem, lrs, clips, T=None, runs: int = 16, seed: int = 0, times=None, *,
-          n_records: int = 101, dtype="float32", divergence_threshold=None,
-          run_chunk: int = DEFAULT_RUN_CHUNK) -> RiskPaths:
+def sweep(
+    problem: Problem,
+    lrs,
+    clips,
+    T=None,
+    runs: int = 16,
+    seed: int = 0,
+    times=None,
+    *,
+    n_records: int = 101,
+    dtype="float32",
+    divergence_threshold=None,
+    run_chunk: int = DEFAULT_RUN_CHUNK,
+) -> RiskPaths:
     """Clipped SGD over the grid lrs x clips in one compiled program (same random stream per cell).
 
     ``clips`` may contain None / inf (no clipping). Returns :class:`RiskPaths` whose ``risk`` has
-    shape (len(lrs), len(clips), runs, len(t)); ``params['lrs']``, ``params['clips']`` hold the grid.
+    shape (len(lrs), len(clips), runs, len(t)); ``params['lrs']`` and ``params['clips']`` hold
+    the grid.
     """
     lrs = [V.positive("lr", x) for x in lrs]
     clips = [math.inf if c is None else V.positive("clip", c, allow_inf=True) for c in clips]
@@ -236,18 +304,45 @@ def sweep(problem: Problem, lrs, clips, T=None, runs: int = 16, seed: int = 0, t
         raise ValueError("lrs and clips must each hold at least one value")
     lr_cells = [lr for lr in lrs for _ in clips]
     clip_cells = [c for _ in lrs for c in clips]
-    t, steps, risk, diverged, when = _run(problem, lr_cells, clip_cells, T, runs, seed, times,
-                                          n_records, dtype, 0, divergence_threshold, run_chunk)
+    t, steps, risk, diverged, when = _run(
+        problem,
+        lr_cells,
+        clip_cells,
+        T,
+        runs,
+        seed,
+        times,
+        n_records,
+        dtype,
+        0,
+        divergence_threshold,
+        run_chunk,
+    )
     shape = (len(lrs), len(clips))
-    params = {"kind": "sgd-sweep", "lrs": lrs, "clips": clips, "T": float(t[-1]), "runs": runs,
-              "seed": seed, "dtype": str(dtype), "problem": problem.describe()}
-    return RiskPaths(t, risk.reshape(shape + risk.shape[1:]), diverged.reshape(shape + (runs,)),
-                     when.reshape(shape + (runs,)), params)
+    params = {
+        "kind": "sgd-sweep",
+        "lrs": lrs,
+        "clips": clips,
+        "T": float(t[-1]),
+        "runs": runs,
+        "seed": seed,
+        "dtype": str(dtype),
+        "problem": problem.describe(),
+    }
+    return RiskPaths(
+        t,
+        risk.reshape(shape + risk.shape[1:]),
+        diverged.reshape(shape + (runs,)),
+        when.reshape(shape + (runs,)),
+        params,
+    )
 
 
-def _describe(schedule):
+def describe_schedule(schedule):
     if schedule is None or isinstance(schedule, (int, float)):
         return schedule
+    if isinstance(schedule, RiskSchedule):
+        return schedule.name
     if callable(schedule):
         return f"callable {getattr(schedule, '__name__', type(schedule).__name__)}"
     return "array schedule"

@@ -66,8 +66,10 @@ class LazyLogTable:
         j = min(max(bisect.bisect_right(xl, lr) - 1, 0), len(xl) - 2)
         if spline is None:
             f = (lr - xl[j]) / (xl[j + 1] - xl[j])
-            return tuple(math.inf if (math.isinf(a) or math.isinf(b)) else (1 - f) * a + f * b
-                         for a, b in zip(y[j], y[j + 1]))
+            return tuple(
+                math.inf if (math.isinf(a) or math.isinf(b)) else (1 - f) * a + f * b
+                for a, b in zip(y[j], y[j + 1])
+            )
         h = lr - xl[j]
         c0, c1, c2, c3 = (coef[p][j] for p in range(4))  # highest power first
         return tuple(((a * h + b) * h + c) * h + d for a, b, c, d in zip(c0, c1, c2, c3))

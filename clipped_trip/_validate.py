@@ -10,8 +10,9 @@ import math
 import numpy as np
 
 
-def real(name: str, value, *, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False,
-         allow_inf=False) -> float:
+def real(
+    name: str, value, *, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False, allow_inf=False
+) -> float:
     """A finite real scalar in [lo, hi] (ends open where asked)."""
     try:
         x = float(value)

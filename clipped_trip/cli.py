@@ -41,8 +41,10 @@ def parse_spectrum(spec: str) -> tuple[str, dict]:
         key, eq, val = item.partition("=")
         key = key.strip()
         if not eq or key not in allowed[name]:
-            raise ValueError(f"spectrum {spec!r}: bad parameter {item!r}; {name} takes "
-                             f"{', '.join(allowed[name]) or 'no parameters'}")
+            raise ValueError(
+                f"spectrum {spec!r}: bad parameter {item!r}; {name} takes "
+                f"{', '.join(allowed[name]) or 'no parameters'}"
+            )
         try:
             kwargs[key] = float(val)
         except ValueError:
@@ -54,6 +56,7 @@ def parse_spectrum(spec: str) -> tuple[str, dict]:
 
 def make_problem(spectrum: str, d: int, noise):
     from . import Problem
+
     name, kw = parse_spectrum(spectrum)
     if name == "isotropic":
         return Problem.isotropic(d, noise)
@@ -62,9 +65,20 @@ def make_problem(spectrum: str, d: int, noise):
     return Problem.two_level(d, noise, **kw)
 
 
-DEFAULTS = {"noise": "gaussian:std=0.5", "spectrum": "power-law:alpha=0.2", "d": 500, "lr": 0.6,
-            "clip": None, "T": 15.0, "runs": 16, "seed": 0, "dt": 0.01, "out": "results",
-            "plot": False, "n_records": 101}
+DEFAULTS = {
+    "noise": "gaussian:std=0.5",
+    "spectrum": "power-law:alpha=0.2",
+    "d": 500,
+    "lr": 0.6,
+    "clip": None,
+    "T": 15.0,
+    "runs": 16,
+    "seed": 0,
+    "dt": 0.01,
+    "out": "results",
+    "plot": False,
+    "n_records": 101,
+}
 CONFIG_KEYS = set(DEFAULTS) | {"lrs", "clips", "noises", "risk", "risks", "clips_grid"}
 
 
@@ -78,8 +92,10 @@ def load_config(path) -> dict:
         raise UserError(f"--config: {p} is not valid TOML ({err})") from None
     unknown = set(data) - CONFIG_KEYS
     if unknown:
-        raise UserError(f"--config: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
-                        f"{', '.join(sorted(CONFIG_KEYS))}")
+        raise UserError(
+            f"--config: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+            f"{', '.join(sorted(CONFIG_KEYS))}"
+        )
     return data
 
 
@@ -121,20 +137,25 @@ def _float_list(name, text):
 # ---------------------------------------------------------------------------------------------
 def _problem_from(cfg):
     from . import parse_noise
+
     noise = parse_noise(cfg["noise"])
     return make_problem(cfg["spectrum"], V.count("d", cfg["d"]), noise), noise
 
 
 def _write_outputs(result, cfg, name, plot_fn=None):
     from ._io import atomic_write, save_result
+
     out = Path(cfg["out"])
     path = save_result(result, out / f"{name}.npz", extra={"config": _jsonable(cfg)})
     written = [path, path.with_suffix(".json")]
     if cfg.get("plot") and plot_fn is not None:
         import matplotlib
+
         matplotlib.use("Agg")
         fig = plot_fn()
-        written.append(atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png")))
+        written.append(
+            atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png"))
+        )
     return written
 
 
@@ -145,6 +166,7 @@ def _jsonable(cfg):
 def _plot_paths(result, title):
     import matplotlib.pyplot as plt
     import numpy as np
+
     fig, ax = plt.subplots(figsize=(6, 4))
     r = result.risk if result.risk.ndim == 2 else result.risk[None, :]
     if result.risk.ndim == 2:
@@ -158,8 +180,9 @@ def _plot_paths(result, title):
     else:
         finite = np.isfinite(r[0])
         ax.plot(result.t[finite], r[0][finite], label="ODE")
-        ax.set_title(title + (f"\ndiverged at t = {result.divergence_time:.3g}"
-                              if result.diverged else ""))
+        ax.set_title(
+            title + (f"\ndiverged at t = {result.divergence_time:.3g}" if result.diverged else "")
+        )
     ax.set_yscale("log")
     ax.set_xlabel("t")
     ax.set_ylabel("excess risk")
@@ -170,25 +193,46 @@ def _plot_paths(result, title):
 
 def cmd_simulate(args, kind):
     from . import simulate, simulate_sde, solve_ode
+
     cfg = settings(args)
     problem, _ = _problem_from(cfg)
     lr, clip = V.positive("lr", cfg["lr"]), _clip_value(cfg["clip"])
     if kind == "simulate":
-        res = simulate(problem, lr, clip, T=cfg["T"], runs=cfg["runs"], seed=cfg["seed"],
-                       n_records=cfg["n_records"])
+        res = simulate(
+            problem,
+            lr,
+            clip,
+            T=cfg["T"],
+            runs=cfg["runs"],
+            seed=cfg["seed"],
+            n_records=cfg["n_records"],
+        )
     elif kind == "sde":
-        res = simulate_sde(problem, lr, clip, T=cfg["T"], runs=cfg["runs"], seed=cfg["seed"],
-                           dt=cfg["dt"], n_records=cfg["n_records"])
+        res = simulate_sde(
+            problem,
+            lr,
+            clip,
+            T=cfg["T"],
+            runs=cfg["runs"],
+            seed=cfg["seed"],
+            dt=cfg["dt"],
+            n_records=cfg["n_records"],
+        )
     else:
         res = solve_ode(problem, lr, clip, T=cfg["T"], n_records=cfg["n_records"])
     written = _write_outputs(res, cfg, kind, lambda: _plot_paths(res, f"{kind}: {problem!r}"[:90]))
     final = res.risk[..., -1]
     if kind == "ode":
-        print(f"ODE final risk {float(final):.6g} at T = {res.t[-1]:g}"
-              + (f"; diverged at t = {res.divergence_time:.3g}" if res.diverged else ""))
+        print(
+            f"ODE final risk {float(final):.6g} at T = {res.t[-1]:g}"
+            + (f"; diverged at t = {res.divergence_time:.3g}" if res.diverged else "")
+        )
     else:
-        print(f"{kind}: {res.runs} runs, mean final risk {float(res.mean(exclude_diverged=True)[-1]):.6g}"
-              f" at T = {res.t[-1]:g}; {res.divergence_report()}")
+        print(
+            f"{kind}: {res.runs} runs, mean final risk "
+            f"{float(res.mean(exclude_diverged=True)[-1]):.6g}"
+            f" at T = {res.t[-1]:g}; {res.divergence_report()}"
+        )
     for w in written:
         print(f"wrote {w}")
     return 0
@@ -197,6 +241,7 @@ def cmd_simulate(args, kind):
 def _write_table_outputs(args, name, header, rows, plot_fn=None):
     """Print a CSV table; with --out also write it (atomically), with --plot a PNG of it."""
     from ._io import atomic_write
+
     text = "\n".join([",".join(header)] + [",".join(r) for r in rows])
     print(text)
     if getattr(args, "out", None):
@@ -205,15 +250,20 @@ def _write_table_outputs(args, name, header, rows, plot_fn=None):
         print(f"wrote {path}")
         if args.plot and plot_fn is not None:
             import matplotlib
+
             matplotlib.use("Agg")
             fig = plot_fn()
-            print(f"wrote {atomic_write(out / f'{name}.png', lambda tmp: fig.savefig(tmp, format='png'))}")
+            print(
+                "wrote "
+                + str(atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png")))
+            )
 
 
 def cmd_factors(args):
     import numpy as np
 
     from . import parse_noise, reduction_factors
+
     cfg = settings(args)
     noise = parse_noise(cfg["noise"])
     risks = [V.nonnegative("risk", x) for x in _float_list("risk", args.risk)]
@@ -223,11 +273,18 @@ def cmd_factors(args):
         for c in clips:
             mu, nu = reduction_factors(noise, R, c)
             table.append((R, c, float(mu), float(nu)))
-            rows.append([f"{R:.6g}", "inf" if c is None else f"{c:.6g}", f"{float(mu):.12g}",
-                         f"{float(nu):.12g}"])
+            rows.append(
+                [
+                    f"{R:.6g}",
+                    "inf" if c is None else f"{c:.6g}",
+                    f"{float(mu):.12g}",
+                    f"{float(nu):.12g}",
+                ]
+            )
 
     def plot():
         import matplotlib.pyplot as plt
+
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
         cs = np.logspace(-2, 2, 200)
         for R in risks:
@@ -241,6 +298,7 @@ def cmd_factors(args):
             ax.legend(fontsize=7)
         fig.tight_layout()
         return fig
+
     _write_table_outputs(args, "factors", ["risk", "clip", "mu", "nu"], rows, plot)
     return 0
 
@@ -249,17 +307,29 @@ def cmd_criteria(args):
     import numpy as np
 
     from . import ccc, critical_lr, csc, max_ccc, parse_noise
+
     cfg = settings(args)
     noise = parse_noise(cfg["noise"])
     R = V.nonnegative("risk", args.risk)
-    clips = np.logspace(-2, 2, 9) if args.clips is None else \
-        np.array([V.positive("clip", x) for x in _float_list("clip", args.clips)])
+    clips = (
+        np.logspace(-2, 2, 9)
+        if args.clips is None
+        else np.array([V.positive("clip", x) for x in _float_list("clip", args.clips)])
+    )
     print(f"noise {noise!r}, R = {R:g}")
-    rows = [[f"{c:.6g}", f"{float(ccc(noise, R, c)):.6g}", f"{float(csc(noise, R, c)):.6g}",
-             f"{float(critical_lr(noise, R, c)):.6g}"] for c in clips]
+    rows = [
+        [
+            f"{c:.6g}",
+            f"{float(ccc(noise, R, c)):.6g}",
+            f"{float(csc(noise, R, c)):.6g}",
+            f"{float(critical_lr(noise, R, c)):.6g}",
+        ]
+        for c in clips
+    ]
 
     def plot():
         import matplotlib.pyplot as plt
+
         cs = np.logspace(-2, 2, 200)
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.semilogx(cs, ccc(noise, R, cs), label="CCC")
@@ -271,10 +341,13 @@ def cmd_criteria(args):
         ax.legend()
         fig.tight_layout()
         return fig
+
     _write_table_outputs(args, "criteria", ["clip", "ccc", "csc", "critical_lr"], rows, plot)
     value, c_star = max_ccc(noise, R)
-    print(f"optimal clip c* = {float(c_star):.6g}, max CCC = {float(value):.6g}"
-          + (" (no finite threshold beats no clipping)" if np.isinf(c_star) else ""))
+    print(
+        f"optimal clip c* = {float(c_star):.6g}, max CCC = {float(value):.6g}"
+        + (" (no finite threshold beats no clipping)" if np.isinf(c_star) else "")
+    )
     return 0
 
 
@@ -284,26 +357,45 @@ def cmd_sweep(args):
 
     from . import parse_noise, sweep
     from ._io import atomic_write, save_result
+
     cfg = settings(args)
     noises = args.noises.split(";") if args.noises else (cfg.get("noises") or [cfg["noise"]])
-    lrs = [V.positive("lrs", x) for x in _float_list("lrs", args.lrs or cfg.get("lrs") or [cfg["lr"]])]
-    clips = [_clip_value(x) for x in _float_list("clips", args.clips or cfg.get("clips") or ["none"])]
+    lrs = [
+        V.positive("lrs", x) for x in _float_list("lrs", args.lrs or cfg.get("lrs") or [cfg["lr"]])
+    ]
+    clips = [
+        _clip_value(x) for x in _float_list("clips", args.clips or cfg.get("clips") or ["none"])
+    ]
     laws = [parse_noise(n) for n in noises]  # validate everything before any work
     out = Path(cfg["out"])
     rows = []
     for spec, law in tqdm(list(zip(noises, laws)), desc="sweep", disable=args.quiet):
         problem = make_problem(cfg["spectrum"], V.count("d", cfg["d"]), law)
-        res = sweep(problem, lrs, clips, T=cfg["T"], runs=cfg["runs"], seed=cfg["seed"],
-                    n_records=cfg["n_records"])
+        res = sweep(
+            problem,
+            lrs,
+            clips,
+            T=cfg["T"],
+            runs=cfg["runs"],
+            seed=cfg["seed"],
+            n_records=cfg["n_records"],
+        )
         tag = spec.replace(":", "_").replace(",", "_").replace("=", "")
         save_result(res, out / f"sweep_{tag}.npz", extra={"config": _jsonable(cfg), "noise": spec})
         for i, lr in enumerate(lrs):
             for j, c in enumerate(clips):
                 cell = res.risk[i, j]
-                rows.append({"noise": spec, "lr": lr, "clip": "inf" if c is None else c,
-                             "final_mean_risk": float(np.mean(cell[:, -1])),
-                             "final_median_risk": float(np.median(cell[:, -1])),
-                             "runs_diverged": int(res.diverged[i, j].sum()), "runs": cfg["runs"]})
+                rows.append(
+                    {
+                        "noise": spec,
+                        "lr": lr,
+                        "clip": "inf" if c is None else c,
+                        "final_mean_risk": float(np.mean(cell[:, -1])),
+                        "final_median_risk": float(np.median(cell[:, -1])),
+                        "runs_diverged": int(res.diverged[i, j].sum()),
+                        "runs": cfg["runs"],
+                    }
+                )
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -316,6 +408,7 @@ def cmd_sweep(args):
 
 def cmd_reproduce(args):
     from ._figures import FIGURES, run_figure
+
     if args.list:
         for name in FIGURES:
             print(name)
@@ -328,8 +421,9 @@ def cmd_reproduce(args):
             raise UserError(f"reproduce: unknown figure {n!r}; allowed: {', '.join(FIGURES)}, all")
     for n in names:
         extra = {"data": args.data} if (n == "fig7" and args.data) else {}
-        (path, _), secs = run_figure(n, quick=args.quick, out=args.out, progress=not args.quiet,
-                                     **extra)
+        (path, _), secs = run_figure(
+            n, quick=args.quick, out=args.out, progress=not args.quiet, **extra
+        )
         print(f"{n}: wrote {path} ({secs:.1f} s)")
     return 0
 
@@ -337,6 +431,7 @@ def cmd_reproduce(args):
 def cmd_rerun(args):
     """Re-run a simulate / ode / sde result from its JSON sidecar (config and seed are in it)."""
     import json
+
     path = Path(args.sidecar)
     if not path.is_file():
         raise UserError(f"rerun: sidecar {str(path)!r} does not exist")
@@ -356,15 +451,21 @@ def cmd_rerun(args):
 
 def cmd_demo(args):
     from ._figures import run_figure
-    (path, table), secs = run_figure("fig1", quick=args.quick, out=args.out,
-                                     progress=not args.quiet)
+
+    (path, table), secs = run_figure(
+        "fig1", quick=args.quick, out=args.out, progress=not args.quiet
+    )
     print("Clipped SGD vs its ODE (power-law spectrum j^-0.2, lr 0.6, clip 0.4, T 15)")
-    print(f"{'noise':<26}{'SGD final':>11}{'SDE final':>11}{'ODE final':>11}"
-          f"{'unclipped SGD':>15}{'unclipped ODE':>15}{'max |SGD/ODE-1|':>17}")
+    print(
+        f"{'noise':<26}{'SGD final':>11}{'SDE final':>11}{'ODE final':>11}"
+        f"{'unclipped SGD':>15}{'unclipped ODE':>15}{'max |SGD/ODE-1|':>17}"
+    )
     for row in table:
-        print(f"{row['noise']:<26}{row['sgd_final']:>11.4g}{row['sde_final']:>11.4g}"
-              f"{row['ode_final']:>11.4g}{row['unclipped_sgd_final']:>15.4g}"
-              f"{row['unclipped_ode_final']:>15.4g}{row['max_rel_gap_sgd_ode']:>17.2%}")
+        print(
+            f"{row['noise']:<26}{row['sgd_final']:>11.4g}{row['sde_final']:>11.4g}"
+            f"{row['ode_final']:>11.4g}{row['unclipped_sgd_final']:>15.4g}"
+            f"{row['unclipped_ode_final']:>15.4g}{row['max_rel_gap_sgd_ode']:>17.2%}"
+        )
     print(f"figure: {Path(path).resolve()}  ({secs:.0f} s)")
     return 0
 
@@ -374,16 +475,24 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="clipped-trip",
         description="Clipped streaming SGD on high-dimensional least squares, next to its ODE "
-                    "(arXiv 2406.11733).")
+        "(arXiv 2406.11733).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p, runs=True):
         p.add_argument("--config", metavar="FILE.toml", help="TOML file; options override it")
-        p.add_argument("--noise", metavar="SPEC", help="e.g. gaussian:std=0.5, cauchy:scale=0.5, "
-                       "student-t:df=3,scale=1, laplace:scale=1, uniform:half_width=1, "
-                       "three-point:value=2,q=0.2")
-        p.add_argument("--spectrum", metavar="SPEC", help="isotropic | power-law:alpha=A | "
-                       "two-level:high=H,low=L,fraction=F")
+        p.add_argument(
+            "--noise",
+            metavar="SPEC",
+            help="e.g. gaussian:std=0.5, cauchy:scale=0.5, "
+            "student-t:df=3,scale=1, laplace:scale=1, uniform:half_width=1, "
+            "three-point:value=2,q=0.2",
+        )
+        p.add_argument(
+            "--spectrum",
+            metavar="SPEC",
+            help="isotropic | power-law:alpha=A | two-level:high=H,low=L,fraction=F",
+        )
         p.add_argument("--d", type=int, metavar="N", help="ambient dimension")
         p.add_argument("--lr", type=float, metavar="X", help="learning rate gamma (step gamma/D)")
         p.add_argument("--clip", metavar="X", help="clip threshold c (residual units) or 'none'")
@@ -395,8 +504,10 @@ def build_parser():
         p.add_argument("--out", metavar="DIR", help="output folder (default results/)")
         p.add_argument("--plot", action="store_true", help="also write a PNG")
 
-    p = sub.add_parser("demo", help="figure 1 (paper size: d = 500, 100 runs; ~15 s on 2 cores) "
-                       "with a summary table")
+    p = sub.add_parser(
+        "demo",
+        help="figure 1 (paper size: d = 500, 100 runs; ~15 s on 2 cores) with a summary table",
+    )
     p.add_argument("--out", default="clipped_trip_demo", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="smaller (d = 200, 20 runs)")
     p.add_argument("--quiet", action="store_true")
@@ -433,8 +544,11 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="small version (< 1 minute)")
     p.add_argument("--out", default="figures", metavar="DIR")
     p.add_argument("--list", action="store_true", help="list figure ids")
-    p.add_argument("--data", metavar="DIR", help="fig7: folder with CIFAR-10 python batches "
-                   "(default: scikit-learn's bundled digits)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="fig7: folder with CIFAR-10 python batches (default: scikit-learn's bundled digits)",
+    )
     p.add_argument("--quiet", action="store_true")
     return parser
 
@@ -448,14 +562,21 @@ def main(argv=None) -> int:
     if not os.environ.get("CLIPPED_TRIP_NO_CACHE"):
         try:
             from ._config import enable_compilation_cache
+
             enable_compilation_cache()
         except OSError:  # read-only home: run without the cache
             pass
-    handlers = {"simulate": lambda a: cmd_simulate(a, "simulate"), "sde": lambda a: cmd_simulate(a, "sde"),
-                "ode": lambda a: cmd_simulate(a, "ode"), "factors": cmd_factors,
-                "criteria": cmd_criteria, "sweep": cmd_sweep, "reproduce": cmd_reproduce,
-                "rerun": cmd_rerun,
-                "demo": cmd_demo}
+    handlers = {
+        "simulate": lambda a: cmd_simulate(a, "simulate"),
+        "sde": lambda a: cmd_simulate(a, "sde"),
+        "ode": lambda a: cmd_simulate(a, "ode"),
+        "factors": cmd_factors,
+        "criteria": cmd_criteria,
+        "sweep": cmd_sweep,
+        "reproduce": cmd_reproduce,
+        "rerun": cmd_rerun,
+        "demo": cmd_demo,
+    }
     try:
         return handlers[args.command](args)
     except (UserError, ValueError, KeyError, TypeError) as err:

@@ -18,11 +18,14 @@ def test_gaussian_ccc_never_exceeds_one(sigma):
 
 def independent_max(noise, R):
     """scipy's bounded Brent on log c, started from its own bracket."""
+
     def neg(lc):
         mu, nu = ct.reduction_factors(noise, R, math.exp(lc))
         return -float(mu * mu / nu)
-    res = optimize.minimize_scalar(neg, bounds=(math.log(1e-2), math.log(1e2)), method="bounded",
-                                   options={"xatol": 1e-9})
+
+    res = optimize.minimize_scalar(
+        neg, bounds=(math.log(1e-2), math.log(1e2)), method="bounded", options={"xatol": 1e-9}
+    )
     c = math.exp(res.x)
     return c, float(ct.ccc(noise, R, c))
 

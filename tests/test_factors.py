@@ -41,21 +41,41 @@ def mp_factors(law, R, c):
         p_in = mp.ncdf(b) - mp.ncdf(a)
         # E[w^2 1{|w|<=c}] = int_a^b (s u - e)^2 phi(u) du, in closed form
         m = -e
-        sec = (m * m + s * s) * p_in + 2 * m * s * (mp.npdf(a) - mp.npdf(b)) \
+        sec = (
+            (m * m + s * s) * p_in
+            + 2 * m * s * (mp.npdf(a) - mp.npdf(b))
             + s * s * (a * mp.npdf(a) - b * mp.npdf(b))
+        )
         return p_in, sec + c * c * (1 - p_in)
 
-    pts = sorted(set([-mp.inf, mp.inf, mp.mpf(0), -c, c] + extra
-                     + [sg * c + k * s for sg in (1, -1) for k in (-8, -2, -1, 1, 2, 8)]))
+    pts = sorted(
+        set(
+            [-mp.inf, mp.inf, mp.mpf(0), -c, c]
+            + extra
+            + [sg * c + k * s for sg in (1, -1) for k in (-8, -2, -1, 1, 2, 8)]
+        )
+    )
     mu = mp.quad(lambda e: pdf(e) * cond(e)[0], pts)
     nu = mp.quad(lambda e: pdf(e) * cond(e)[1], pts)
     return float(mu), float(nu)
 
 
-LAWS = [ct.StudentT(3.0, 1.0), ct.StudentT(1.0, 0.5), ct.Laplace(0.8), ct.Uniform(1.5),
-        ct.Exponential(1.2)]
-POINTS = [(1e-8, 1e-3), (1e-8, 1e3), (1e-4, 1.0), (0.05, 1.07), (1.0, 0.01), (1e4, 1e-3),
-          (1e4, 1e3)]
+LAWS = [
+    ct.StudentT(3.0, 1.0),
+    ct.StudentT(1.0, 0.5),
+    ct.Laplace(0.8),
+    ct.Uniform(1.5),
+    ct.Exponential(1.2),
+]
+POINTS = [
+    (1e-8, 1e-3),
+    (1e-8, 1e3),
+    (1e-4, 1.0),
+    (0.05, 1.07),
+    (1.0, 0.01),
+    (1e4, 1e-3),
+    (1e4, 1e3),
+]
 
 
 @pytest.mark.parametrize("law", LAWS, ids=repr)
@@ -74,14 +94,23 @@ def test_gaussian_closed_form_against_quad(sigma):
     law = ct.Gaussian(sigma)
     for R in (1e-8, 0.01, 1.0, 1e4):
         for c in (1e-3, 0.5, 3.0, 1e3):
-            S = math.sqrt(2 * R + sigma ** 2)
+            S = math.sqrt(2 * R + sigma**2)
             mu, nu = ct.reduction_factors(law, R, c)
             mu_q = special.erf(c / S / math.sqrt(2))
             # nu by scipy quad of min(w^2, c^2) against N(0, S^2), split at +-c
             k = min(c / S, 40.0)  # in units of S; beyond 40 the Gaussian is 0 in float64
-            inner = S * S * integrate.quad(lambda u: u * u * stats.norm.pdf(u), -k, k,
-                                           points=[0.0] if k > 1 else None,
-                                           epsabs=0, epsrel=1e-13)[0]
+            inner = (
+                S
+                * S
+                * integrate.quad(
+                    lambda u: u * u * stats.norm.pdf(u),
+                    -k,
+                    k,
+                    points=[0.0] if k > 1 else None,
+                    epsabs=0,
+                    epsrel=1e-13,
+                )[0]
+            )
             nu_q = inner + c * c * 2 * stats.norm.sf(c / S)
             assert mu == pytest.approx(mu_q, rel=FACTORS_REL)
             assert nu == pytest.approx(nu_q, rel=FACTORS_REL)
@@ -96,8 +125,10 @@ def test_finite_laws_are_exact_sums():
         # w = z - v ~ N(-v, s^2): integrate directly with scipy quad
         pdf = lambda w: stats.norm.pdf(w, loc=-v, scale=s)  # noqa: E731
         mu_ref += p * integrate.quad(pdf, -c, c, epsabs=0, epsrel=1e-13)[0]
-        nu_ref += p * (integrate.quad(lambda w: w * w * pdf(w), -c, c, epsabs=0, epsrel=1e-13)[0]
-                       + c * c * (stats.norm.cdf(-c, -v, s) + stats.norm.sf(c, -v, s)))
+        nu_ref += p * (
+            integrate.quad(lambda w: w * w * pdf(w), -c, c, epsabs=0, epsrel=1e-13)[0]
+            + c * c * (stats.norm.cdf(-c, -v, s) + stats.norm.sf(c, -v, s))
+        )
     mu, nu = ct.reduction_factors(law, R, c)
     assert mu == pytest.approx(mu_ref, rel=1e-10)
     assert nu == pytest.approx(nu_ref, rel=1e-10)
@@ -112,9 +143,17 @@ def test_mixture_against_quad():
 
     def pdf(e):
         return 0.4 * stats.norm.pdf(e, -1.0, 0.5) + 0.6 * stats.norm.pdf(e, 2.0, 0.3)
+
     s = math.sqrt(2 * R)
-    mu_ref = integrate.quad(lambda e: pdf(e) * (stats.norm.cdf((c + e) / s) - stats.norm.cdf((e - c) / s)),
-                            -10, 10, points=[-c, c], epsabs=0, epsrel=1e-12, limit=200)[0]
+    mu_ref = integrate.quad(
+        lambda e: pdf(e) * (stats.norm.cdf((c + e) / s) - stats.norm.cdf((e - c) / s)),
+        -10,
+        10,
+        points=[-c, c],
+        epsabs=0,
+        epsrel=1e-12,
+        limit=200,
+    )[0]
     mu, _ = ct.reduction_factors(law, R, c)
     assert mu == pytest.approx(mu_ref, rel=1e-9)
 
@@ -129,15 +168,18 @@ def test_small_risk_limit(law, c):
         mu0 = (1 - q) + (q if v <= c else 0)
         nu0 = q * min(v * v, c * c)
     else:
-        ref = {ct.StudentT: lambda l: stats.t(l.df, scale=l.scale),
-               ct.Laplace: lambda l: stats.laplace(scale=l.scale),
-               ct.Uniform: lambda l: stats.uniform(-l.half_width, 2 * l.half_width),
-               ct.Exponential: lambda l: stats.expon(-l.scale, l.scale),
-               ct.Gaussian: lambda l: stats.norm(scale=l.std)}[type(law)](law)
+        ref = {
+            ct.StudentT: lambda law_: stats.t(law_.df, scale=law_.scale),
+            ct.Laplace: lambda law_: stats.laplace(scale=law_.scale),
+            ct.Uniform: lambda law_: stats.uniform(-law_.half_width, 2 * law_.half_width),
+            ct.Exponential: lambda law_: stats.expon(-law_.scale, law_.scale),
+            ct.Gaussian: lambda law_: stats.norm(scale=law_.std),
+        }[type(law)](law)
         mu0 = ref.cdf(c) - ref.cdf(-c)
         lo, hi = max(-c, ref.support()[0]), min(c, ref.support()[1])
-        nu0 = integrate.quad(lambda e: e * e * ref.pdf(e), lo, hi, epsabs=0, epsrel=1e-12)[0] \
-            + c * c * (ref.cdf(-c) + ref.sf(c))
+        nu0 = integrate.quad(lambda e: e * e * ref.pdf(e), lo, hi, epsabs=0, epsrel=1e-12)[
+            0
+        ] + c * c * (ref.cdf(-c) + ref.sf(c))
     # O(s) corrections with s = sqrt(2e-14) ~ 1.4e-7 (O(s^2) where the density is smooth at c)
     assert mu == pytest.approx(mu0, rel=1e-6, abs=1e-12)
     assert nu == pytest.approx(nu0, rel=1e-6, abs=1e-12)
@@ -173,8 +215,10 @@ def test_monotone_in_clip():
         assert np.all(nu <= c * c * (1 + 1e-12))
 
 
-@pytest.mark.parametrize("risk,clip,match", [(-1.0, 1.0, "risk"), (np.nan, 1.0, "risk"),
-                                             (1.0, -0.5, "clip"), (1.0, np.nan, "clip")])
+@pytest.mark.parametrize(
+    "risk,clip,match",
+    [(-1.0, 1.0, "risk"), (np.nan, 1.0, "risk"), (1.0, -0.5, "clip"), (1.0, np.nan, "clip")],
+)
 def test_bad_input(risk, clip, match):
     with pytest.raises(ValueError, match=match):
         ct.reduction_factors(ct.Gaussian(1.0), risk, clip)

@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 from scipy import integrate
@@ -12,8 +10,8 @@ from tolerances import ODE_CLOSED_FORM_REL, ODE_INDEPENDENT_REL
 def test_isotropic_unclipped_closed_form(gamma, sigma):
     p = ct.Problem.isotropic(20, ct.Gaussian(sigma))
     res = ct.solve_ode(p, gamma, None, T=10.0, n_records=41)
-    r_inf = gamma * sigma ** 2 / (2 * (2 - gamma))
-    exact = r_inf + (p.initial_risk - r_inf) * np.exp(-(2 * gamma - gamma ** 2) * res.t)
+    r_inf = gamma * sigma**2 / (2 * (2 - gamma))
+    exact = r_inf + (p.initial_risk - r_inf) * np.exp(-(2 * gamma - gamma**2) * res.t)
     np.testing.assert_allclose(res.risk, exact, rtol=ODE_CLOSED_FORM_REL)
 
 
@@ -24,7 +22,7 @@ def test_rk4_has_fourth_order_convergence():
     for dt in (0.2, 0.1, 0.05):
         res = ct.solve_ode(p, gamma, None, T=5.0, n_records=6, method="rk4", dt=dt)
         r_inf = gamma * 0.25 / (2 * (2 - gamma))
-        exact = r_inf + (p.initial_risk - r_inf) * np.exp(-(2 * gamma - gamma ** 2) * res.t)
+        exact = r_inf + (p.initial_risk - r_inf) * np.exp(-(2 * gamma - gamma**2) * res.t)
         errs.append(np.abs(res.risk - exact).max())
     orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
     assert np.all((orders > 3.7) & (orders < 4.3)), orders
@@ -38,19 +36,24 @@ def independent_ode(problem, lr, clip, t_eval):
     def rhs(t, v):
         R = float(lam @ v)
         mu, nu = ct.reduction_factors(problem.noise, R, clip)
-        return -2 * lr * mu * lam * v + lr ** 2 * lam * nu / (2 * D)
-    v0 = 0.5 * problem.initial_error ** 2
-    sol = integrate.solve_ivp(rhs, (0, t_eval[-1]), v0, method="Radau", t_eval=t_eval,
-                              rtol=1e-11, atol=1e-16)
+        return -2 * lr * mu * lam * v + lr**2 * lam * nu / (2 * D)
+
+    v0 = 0.5 * problem.initial_error**2
+    sol = integrate.solve_ivp(
+        rhs, (0, t_eval[-1]), v0, method="Radau", t_eval=t_eval, rtol=1e-11, atol=1e-16
+    )
     return lam @ sol.y
 
 
-@pytest.mark.parametrize("noise,lr,clip", [
-    (ct.StudentT(3.0, 0.6), 0.8, 0.5),
-    (ct.Laplace(1.0), 1.5, 2.0),
-    (ct.ThreePoint(3.0, 0.1), 2.2, 0.4),
-    (ct.StudentT(1.0, 0.5), 0.6, 0.4),
-])
+@pytest.mark.parametrize(
+    "noise,lr,clip",
+    [
+        (ct.StudentT(3.0, 0.6), 0.8, 0.5),
+        (ct.Laplace(1.0), 1.5, 2.0),
+        (ct.ThreePoint(3.0, 0.1), 2.2, 0.4),
+        (ct.StudentT(1.0, 0.5), 0.6, 0.4),
+    ],
+)
 def test_against_independent_implicit_solver_on_stiff_spectrum(noise, lr, clip):
     # lambda from 1 down to 40^-3 ~ 1.6e-5: five decades
     p = ct.Problem.power_law(40, 3.0, noise, x0=np.linspace(1, 2, 40))
@@ -71,12 +74,15 @@ def test_volterra_form():
     ode = ct.solve_ode(p, lr, clip, times=s)
     mu, nu = ct.reduction_factors(noise, ode.risk, clip)
     Gamma = integrate.cumulative_simpson(lr * mu, x=s, initial=0.0)
-    v0 = 0.5 * p.initial_error ** 2
+    v0 = 0.5 * p.initial_error**2
     for i in (1000, 2500, 4000):
-        forcing = lr ** 2 * nu[: i + 1] / (2 * D)
-        kernel = (lam[None, :] ** 2 * np.exp(-2 * lam[None, :] * (Gamma[i] - Gamma[: i + 1, None]))).sum(1)
-        volterra = (lam * v0 * np.exp(-2 * lam * Gamma[i])).sum() + \
-            integrate.simpson(forcing * kernel, x=s[: i + 1])
+        forcing = lr**2 * nu[: i + 1] / (2 * D)
+        kernel = (
+            lam[None, :] ** 2 * np.exp(-2 * lam[None, :] * (Gamma[i] - Gamma[: i + 1, None]))
+        ).sum(1)
+        volterra = (lam * v0 * np.exp(-2 * lam * Gamma[i])).sum() + integrate.simpson(
+            forcing * kernel, x=s[: i + 1]
+        )
         assert volterra == pytest.approx(ode.risk[i], rel=1e-9)
 
 
@@ -121,11 +127,17 @@ def test_large_d_runs():
     np.testing.assert_allclose(res.risk, direct.risk, rtol=ODE_INDEPENDENT_REL)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(lr=-1.0), "lr"), (dict(T=0.0), "T"), (dict(clip=-2.0), "clip"),
-    (dict(method="Euler"), "method"), (dict(times=[0.0, 1.0, 0.5], T=None), "times"),
-    (dict(lr=lambda t: float("nan")), "lr"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(T=0.0), "T"),
+        (dict(clip=-2.0), "clip"),
+        (dict(method="Euler"), "method"),
+        (dict(times=[0.0, 1.0, 0.5], T=None), "times"),
+        (dict(lr=lambda t: float("nan")), "lr"),
+    ],
+)
 def test_bad_input(kwargs, match):
     p = ct.Problem.isotropic(5, ct.Gaussian(1.0))
     args = dict(lr=0.5, clip=1.0, T=1.0)

@@ -18,12 +18,15 @@ def test_from_covariance_matches_dense_risk():
     assert p.intrinsic_dimension == pytest.approx(np.trace(K) / np.linalg.eigvalsh(K).max())
 
 
-@pytest.mark.parametrize("K,match", [
-    (np.array([[1.0, 0.5], [0.0, 1.0]]), "symmetric"),
-    (np.array([[1.0, 2.0], [2.0, 1.0]]), "positive semi-definite"),
-    (np.ones((2, 3)), "square"),
-    (np.array([[1.0, np.nan], [np.nan, 1.0]]), "finite"),
-])
+@pytest.mark.parametrize(
+    "K,match",
+    [
+        (np.array([[1.0, 0.5], [0.0, 1.0]]), "symmetric"),
+        (np.array([[1.0, 2.0], [2.0, 1.0]]), "positive semi-definite"),
+        (np.ones((2, 3)), "square"),
+        (np.array([[1.0, np.nan], [np.nan, 1.0]]), "finite"),
+    ],
+)
 def test_from_covariance_rejects(K, match):
     with pytest.raises(ValueError, match=match):
         ct.Problem.from_covariance(K, np.zeros(K.shape[0]), np.zeros(K.shape[0]), G)

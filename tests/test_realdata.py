@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 
 import clipped_trip as ct
-from clipped_trip._realdata import (load_cifar10, random_feature_regression, real_data_sgd)
+from clipped_trip._realdata import load_cifar10, random_feature_regression, real_data_sgd
 
 
 def write_fake_cifar(folder, n=60, seed=0):
     rng = np.random.default_rng(seed)
-    batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-             b"labels": list(rng.integers(0, 10, size=n)), b"batch_label": b"fake"}
+    batch = {
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"labels": list(rng.integers(0, 10, size=n)),
+        b"batch_label": b"fake",
+    }
     with open(folder / "data_batch_1", "wb") as fh:
         pickle.dump(batch, fh)
     return batch

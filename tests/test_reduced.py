@@ -43,7 +43,8 @@ def test_from_problem_groups_blocks_and_matches_risk():
 def test_reduced_large_d_tracks_ode():
     rp = ReducedProblem.isotropic(10**6, ct.StudentT(3.0, 0.5))
     res = simulate_reduced(rp, 0.8, 0.5, T=1.0, runs=2, n_records=3, run_chunk=2)
-    ode = ct.solve_ode(ct.Problem(np.ones(1), np.array([1.0]), np.zeros(1), rp.noise), 0.8, 0.5,
-                       times=res.t)  # isotropic: the ODE does not depend on d beyond D
+    ode = ct.solve_ode(
+        ct.Problem(np.ones(1), np.array([1.0]), np.zeros(1), rp.noise), 0.8, 0.5, times=res.t
+    )  # isotropic: the ODE does not depend on d beyond D
     # at d = 1e6 the gap is O(d^-1/2) ~ 1e-3
     np.testing.assert_allclose(res.mean(), ode.risk, rtol=0.01)

@@ -5,11 +5,14 @@ import clipped_trip as ct
 from tolerances import monte_carlo_rel
 
 
-@pytest.mark.parametrize("noise,lr,clip", [
-    (ct.Laplace(0.7), 0.8, 0.5),
-    (ct.StudentT(1.0, 0.5), 0.6, 0.4),
-    (ct.Gaussian(0.5), 1.0, None),
-])
+@pytest.mark.parametrize(
+    "noise,lr,clip",
+    [
+        (ct.Laplace(0.7), 0.8, 0.5),
+        (ct.StudentT(1.0, 0.5), 0.6, 0.4),
+        (ct.Gaussian(0.5), 1.0, None),
+    ],
+)
 def test_sde_mean_tracks_ode(noise, lr, clip):
     p = ct.Problem.power_law(600, 0.2, noise)
     runs = 32
@@ -26,10 +29,12 @@ def test_sde_with_time_and_risk_schedules():
     runs = 32
     sched = ct.max_ccc_schedule(noise)
     ode = ct.solve_ode(p, 0.4, sched, T=4.0, n_records=5)
-    risk_sched = ct.simulate_sde(p, 0.4, sched, T=4.0, runs=runs, dt=0.01, n_records=5,
-                                 dtype="float64")
-    time_sched = ct.simulate_sde(p, *ode.time_schedules(), T=4.0, runs=runs, dt=0.01,
-                                 n_records=5, dtype="float64")
+    risk_sched = ct.simulate_sde(
+        p, 0.4, sched, T=4.0, runs=runs, dt=0.01, n_records=5, dtype="float64"
+    )
+    time_sched = ct.simulate_sde(
+        p, *ode.time_schedules(), T=4.0, runs=runs, dt=0.01, n_records=5, dtype="float64"
+    )
     tol = monte_carlo_rel(runs, p.D) + 0.02
     assert np.abs(risk_sched.mean() / ode.risk - 1).max() < tol
     assert np.abs(time_sched.mean() / ode.risk - 1).max() < tol
