@@ -144,3 +144,14 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         ct.solve_ode(p, **args)
+
+
+def test_tabulated_max_ccc_schedule_matches_optimiser_at_every_step():
+    """The c*(R) table changes the ODE only at second order (nu / mu^2 is stationary at c*)."""
+    noise = ct.StudentT(3.0, 0.8)
+    p = ct.Problem.power_law(50, 1 / 6, noise)
+    t = np.linspace(0, 5, 6)
+    exact = ct.RiskSchedule(lambda R: ct.optimal_clip(noise, R), compensate=True)
+    tabulated = ct.solve_ode(p, 0.4, ct.max_ccc_schedule(noise), times=t)
+    reference = ct.solve_ode(p, 0.4, exact, times=t, use_table=False)
+    np.testing.assert_allclose(tabulated.risk, reference.risk, rtol=ODE_INDEPENDENT_REL)
