@@ -27,8 +27,15 @@ from ._clip import clip_factor
 from ._noise import NoiseLaw
 from ._problem import Problem
 from ._random import gamma_sample
-from ._results import RiskPaths, divergence_limit, mark_divergence
-from ._simulate import DEFAULT_RUN_CHUNK, _step_table, map_runs, record_grid, run_keys
+from ._results import RiskPaths, mark_divergence
+from ._simulate import (
+    DEFAULT_RUN_CHUNK,
+    _step_table,
+    check_run_args,
+    map_runs,
+    record_grid,
+    run_keys,
+)
 
 __all__ = ["ReducedProblem", "simulate_reduced"]
 
@@ -193,11 +200,9 @@ def simulate_reduced(
 
     References: SPEC section 7 (exact block-norm Markov chain).
     """
-    if not isinstance(problem, ReducedProblem):
-        raise ValueError(f"problem must be a ReducedProblem, got {type(problem).__name__}")
-    runs = V.count("runs", runs)
-    first_run = V.count("first_run", first_run, lo=0)
-    threshold = divergence_limit(divergence_threshold, problem.initial_risk)
+    runs, first_run, threshold = check_run_args(
+        problem, ReducedProblem, runs, first_run, divergence_threshold
+    )
     chunk = V.count("run_chunk", run_chunk or 16)  # O(m) state: the random blocks dominate
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)

@@ -21,10 +21,11 @@ import numpy as np
 from . import _validate as V
 from ._factors import reduction_factors
 from ._problem import Problem
-from ._results import RiskPaths, divergence_limit, mark_divergence
+from ._results import RiskPaths, mark_divergence
 from ._schedules import RiskSchedule, is_constant, time_schedule_values
 from ._simulate import (
     DEFAULT_RUN_CHUNK,
+    check_run_args,
     chunk_size,
     describe_schedule,
     map_runs,
@@ -139,14 +140,12 @@ def simulate_sde(
 
     References: arXiv 2406.11733, C-HSGD (Sec. 3); SPEC section 4.
     """
-    if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
+    runs, first_run, threshold = check_run_args(
+        problem, Problem, runs, first_run, divergence_threshold
+    )
     dt = V.positive("dt", dt)
-    runs = V.count("runs", runs)
-    first_run = V.count("first_run", first_run, lo=0)
     chunk = chunk_size(problem.d, run_chunk)
     dtype_ = resolve_dtype(dtype)
-    threshold = divergence_limit(divergence_threshold, problem.initial_risk)
     if times is None:
         t = np.linspace(0.0, V.positive("T", T), V.count("n_records", n_records, lo=2))
     else:

@@ -170,6 +170,15 @@ def run_keys(seed, first_run, runs):
     return _keys(*_check_seed(seed, first_run, runs), runs=runs)
 
 
+def check_run_args(problem, problem_type, runs, first_run, divergence_threshold):
+    """Validation shared by the three Monte Carlo entry points: (runs, first_run, threshold)."""
+    if not isinstance(problem, problem_type):
+        raise ValueError(f"problem must be a {problem_type.__name__}, got {type(problem).__name__}")
+    runs = V.count("runs", runs)
+    first_run = V.count("first_run", first_run, lo=0)
+    return runs, first_run, divergence_limit(divergence_threshold, problem.initial_risk)
+
+
 def _run(
     problem,
     lr_tabs,
@@ -184,12 +193,10 @@ def _run(
     divergence_threshold,
     chunk,
 ):
-    if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
-    runs = V.count("runs", runs)
-    first_run = V.count("first_run", first_run, lo=0)
+    runs, first_run, threshold = check_run_args(
+        problem, Problem, runs, first_run, divergence_threshold
+    )
     dt = resolve_dtype(dtype)
-    threshold = divergence_limit(divergence_threshold, problem.initial_risk)
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
     lr_tab = np.stack([_step_table("lr", s, n_steps, D, False) for s in lr_tabs])

@@ -197,27 +197,11 @@ def cmd_simulate(args, kind):
     cfg = settings(args)
     problem, _ = _problem_from(cfg)
     lr, clip = V.positive("lr", cfg["lr"]), _clip_value(cfg["clip"])
+    monte_carlo = dict(T=cfg["T"], runs=cfg["runs"], seed=cfg["seed"], n_records=cfg["n_records"])
     if kind == "simulate":
-        res = simulate(
-            problem,
-            lr,
-            clip,
-            T=cfg["T"],
-            runs=cfg["runs"],
-            seed=cfg["seed"],
-            n_records=cfg["n_records"],
-        )
+        res = simulate(problem, lr, clip, **monte_carlo)
     elif kind == "sde":
-        res = simulate_sde(
-            problem,
-            lr,
-            clip,
-            T=cfg["T"],
-            runs=cfg["runs"],
-            seed=cfg["seed"],
-            dt=cfg["dt"],
-            n_records=cfg["n_records"],
-        )
+        res = simulate_sde(problem, lr, clip, dt=cfg["dt"], **monte_carlo)
     else:
         res = solve_ode(problem, lr, clip, T=cfg["T"], n_records=cfg["n_records"])
     written = _write_outputs(res, cfg, kind, lambda: _plot_paths(res, f"{kind}: {problem!r}"[:90]))
