@@ -95,7 +95,10 @@ def _sde_core(
                 + fx * fy * tab[i + 1, j + 1]
             )
 
-        return jnp.exp(bil(tab_mu)), jnp.exp(bil(tab_nu))
+        # steps whose clip is inf (no clipping) use the unclipped factors
+        unclipped = jnp.isinf(c)
+        mu = jnp.where(unclipped, 1.0, jnp.exp(bil(tab_mu)))
+        return mu, jnp.where(unclipped, 2.0 * R + m2, jnp.exp(bil(tab_nu)))
 
     def one_run(lr_row, clip_row, key):
         def step(k, x):
@@ -179,8 +182,11 @@ def simulate_sde(
         tab_mu, tab_nu = _log_table(*reduction_factors(noise, R_grid, c_of_r))
     else:
         mode = "time"
-        clip_tab = time_schedule_values("clip", clip, step_t)
-        c_lo, c_hi = clip_tab.min(), clip_tab.max()
+        clip_tab = time_schedule_values("clip", clip, step_t, allow_inf=True)
+        finite = clip_tab[np.isfinite(clip_tab)]
+        if finite.size == 0:  # inf at every step: plain SGD's factors
+            finite = np.ones(1)
+        c_lo, c_hi = finite.min(), finite.max()
         log_c = np.linspace(
             math.log(c_lo) - 1e-9,
             math.log(c_hi) + 1e-9,

@@ -49,3 +49,30 @@ def test_sde_reproducible_and_validated():
         ct.simulate_sde(p, 0.5, 0.3, T=1.0, dt=0.0)
     with pytest.raises(ValueError, match="runs"):
         ct.simulate_sde(p, 0.5, 0.3, T=1.0, runs=-1)
+
+
+def test_sde_time_schedule_with_infinite_clip_steps():
+    """A time schedule that switches clipping off (c = inf) uses the unclipped factors there."""
+    p = ct.Problem.isotropic(300, ct.Laplace(0.5))
+    off = ct.simulate_sde(p, 0.8, None, T=2.0, runs=8, n_records=3, dtype="float64")
+    mixed = ct.simulate_sde(
+        p,
+        0.8,
+        lambda t: np.where(t < 1.0, np.inf, np.inf),
+        T=2.0,
+        runs=8,
+        n_records=3,
+        dtype="float64",
+    )
+    np.testing.assert_allclose(mixed.risk, off.risk, rtol=1e-12)
+    half = ct.simulate_sde(
+        p,
+        0.8,
+        lambda t: np.where(t < 1.0, 0.3, np.inf),
+        T=2.0,
+        runs=32,
+        n_records=3,
+        dtype="float64",
+    )
+    ode = ct.solve_ode(p, 0.8, lambda t: 0.3 if t < 1.0 else np.inf, times=half.t)
+    assert np.abs(half.mean() / ode.risk - 1).max() < monte_carlo_rel(32, p.D) + 0.01
