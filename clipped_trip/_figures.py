@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -55,17 +54,7 @@ def _save(fig, out: Path, name: str, arrays: dict, params: dict):
             )
         )
     plt.close(fig)
-
-    def write_npz(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-
-    _io.atomic_write(out / f"{name}.npz", write_npz)
-    meta = {"figure": name, "params": params, "versions": _io.versions()}
-    _io.atomic_write(
-        out / f"{name}.json",
-        lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=_io._json_default)),
-    )
+    _io.write_arrays_and_sidecar(out / f"{name}.npz", arrays, {"figure": name, "params": params})
     return paths[0]
 
 

@@ -57,6 +57,20 @@ def _json_default(x):
     return repr(x)
 
 
+def write_arrays_and_sidecar(path, arrays: dict, meta: dict) -> Path:
+    """``path`` (.npz of ``arrays``) and its .json sidecar (``meta`` + versions), both atomic."""
+    path = Path(path)
+    text = json.dumps({**meta, "versions": versions()}, indent=2, default=_json_default)
+
+    def write_npz(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    atomic_write(path, write_npz)
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
 def save_result(result, path, extra: dict | None = None) -> Path:
     """Write ``result`` to ``path`` (.npz) and ``path`` with .json (parameters, versions)."""
     path = Path(path)
@@ -82,19 +96,8 @@ def save_result(result, path, extra: dict | None = None) -> Path:
         kind = "ODEResult"
     else:
         raise ValueError(f"result must be a RiskPaths or ODEResult, got {type(result).__name__}")
-    meta = {"type": kind, "params": result.params, "versions": versions(), **(extra or {})}
-    text = json.dumps(meta, indent=2, default=_json_default, allow_nan=True)
-
-    def write_npz(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    def write_json(tmp):
-        Path(tmp).write_text(text)
-
-    atomic_write(path, write_npz)
-    atomic_write(path.with_suffix(".json"), write_json)
-    return path
+    meta = {"type": kind, "params": result.params, **(extra or {})}
+    return write_arrays_and_sidecar(path, arrays, meta)
 
 
 def load_result(path):
