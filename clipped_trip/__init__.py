@@ -7,9 +7,14 @@ Where each formula of SPEC.md lives:
     section 4 (ODE, Volterra, C-HSGD)     -> _ode.py, _sde.py
     section 5 (CCC, CSC, schedules)       -> _criteria.py
     section 7 (exact reduced simulation)  -> _reduced.py
+    section 8 (mini-batch clipping)       -> _clipped_sgd.py (update, ODE/map/SDE terms),
+                                             _batch_factors.py (mu_B, nu_B, kap)
+    section 13 (algorithm contract)       -> _algorithm.py; one engine: _engine.py
 """
 
+from ._algorithm import Algorithm
 from ._clip import clip_by_norm, clip_factor
+from ._clipped_sgd import ClippedSGD
 from ._config import enable_compilation_cache
 from ._criteria import (
     ccc,
@@ -47,6 +52,8 @@ from ._simulate import simulate, sweep
 __version__ = "0.1.0"
 
 __all__ = [
+    "Algorithm",
+    "ClippedSGD",
     "Problem",
     "NoiseLaw",
     "Gaussian",

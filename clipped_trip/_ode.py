@@ -1,10 +1,14 @@
-"""The deterministic equivalent of clipped SGD: the risk ODE (SPEC section 4).
+"""The deterministic equivalent of an algorithm: its ODE (or one-step map), solved (SPEC 4, 8).
 
-In the eigenbasis, with y_i = lambda_i v_i = lambda_i e_i^2 / 2 (so that R = sum_i y_i):
+The algorithm supplies the state pytree (for clipped SGD y_i = lambda_i v_i = lambda_i e_i^2 / 2,
+so that R = sum_i y_i) and the right-hand side as a sum of terms, e.g. for batch-1 clipping
 
     dy_i/dt = -2 gamma(t) mu_c(R) lambda_i y_i + gamma(t)^2 lambda_i^2 nu_c(R) / (2 D)
 
 which is SPEC's dv_i/dt = -2 gamma mu lambda_i v_i + gamma^2 lambda_i nu / (2D) times lambda_i.
+This module flattens the state, integrates it and records the algorithm's statistics (the risk).
+Near the critical batch size (h = gamma mu lambda_max / D not small) no ODE is right at O(1):
+``method="map"`` iterates the one-step map of E[v] (SPEC 8A.4), chosen automatically there.
 
 Method: scipy's DOP853 (explicit, order 8, adaptive) by default, rtol 1e-10; any other
 ``solve_ivp`` method by name; ``method="rk4"`` is a fixed-step classical RK4 (used to check the
@@ -22,92 +26,34 @@ import math
 
 import numpy as np
 
+import warnings
+
 from . import _validate as V
-from ._factors import reduction_factors
+from ._algorithm import as_algorithm
 from ._problem import Problem
 from ._results import ODEResult, divergence_limit
-from ._schedules import RiskSchedule, is_constant, time_schedule_values
-from ._tables import LazyLogTable
+from ._schedules import is_constant
 
-__all__ = ["solve_ode"]
+__all__ = ["solve_ode", "MAP_THRESHOLD"]
+
+#: h = gamma lambda_max / D (an upper bound of eta mu lambda_max) above which method="auto" uses
+#: the one-step map for batch > 1: there the leading ODE is off by ~h relative (SPEC 8A.4)
+MAP_THRESHOLD = 0.05
 
 
-class _Coefficients:
-    """gamma(t, R), c(t, R) and the factors (mu, nu) along the path."""
+class _Layout:
+    """A dict of 1-D arrays <-> one flat vector (a trailing time axis is allowed on unpack)."""
 
-    def __init__(self, problem, lr, clip, use_table):
-        self.noise = problem.noise
-        self.lr = lr
-        self.clip = clip
-        self.lr_const = time_schedule_values("lr", lr, np.zeros(1))[0] if is_constant(lr) else None
-        self.clip_const = (
-            time_schedule_values("clip", clip, np.zeros(1), allow_inf=True, allow_none=True)[0]
-            if is_constant(clip)
-            else None
-        )
-        if not (is_constant(clip) or isinstance(clip, RiskSchedule)):
-            time_schedule_values("clip", clip, np.zeros(1), allow_inf=True, allow_none=True)
-        if not is_constant(lr):
-            time_schedule_values("lr", lr, np.zeros(1))
-        self.table = None
-        if use_table and (self.clip_const is not None or isinstance(clip, RiskSchedule)):
-            self.table = LazyLogTable(self._risk_only_factors, per_decade=48)
+    def __init__(self, state0: dict):
+        self.keys = sorted(state0)
+        self.sizes = [np.size(state0[k]) for k in self.keys]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
 
-    def clip_at(self, t, R):
-        if self.clip_const is not None:
-            return self.clip_const
-        if isinstance(self.clip, RiskSchedule):
-            return float(self.clip.clip(R))
-        return float(
-            time_schedule_values("clip", self.clip, np.array([t]), allow_inf=True, allow_none=True)[
-                0
-            ]
-        )
+    def pack(self, state) -> np.ndarray:
+        return np.concatenate([np.ravel(state[k]) for k in self.keys])
 
-    def lr_at(self, t):
-        if self.lr_const is not None:
-            return self.lr_const
-        return float(time_schedule_values("lr", self.lr, np.array([t]))[0])
-
-    def _risk_only_factors(self, R):
-        c = self.clip.clip(R) if isinstance(self.clip, RiskSchedule) else self.clip_const
-        mu, nu = reduction_factors(self.noise, R, c)
-        with np.errstate(divide="ignore"):
-            return np.stack([np.log(mu), np.log(nu)], axis=-1)
-
-    def factors(self, t, R):
-        """(gamma_eff, mu, nu, c) at time t and risk R; gamma_eff includes any 1/mu compensation."""
-        c = self.clip_at(t, R)
-        mu = nu = None
-        if self.table is not None and R > 0:
-            log_mu, log_nu = self.table.scalar(R)
-            if math.isfinite(log_mu) and math.isfinite(log_nu):
-                mu, nu = math.exp(log_mu), math.exp(log_nu)
-        if mu is None:  # R = 0, or factors that vanish or blow up: evaluate directly
-            m, n = reduction_factors(self.noise, R, c)
-            mu, nu = float(m), float(n)
-        lr = self.lr_at(t)
-        if isinstance(self.clip, RiskSchedule) and self.clip.compensate:
-            lr = lr / mu
-        return lr, mu, nu, c
-
-    def paths(self, t, risk):
-        """Effective learning rate and clip along a solved path (NaN where the risk is infinite)."""
-        ok = np.isfinite(risk)
-        lr_path = np.full(t.shape, np.nan)
-        clip_path = np.full(t.shape, np.nan)
-        if not ok.any():
-            return lr_path, clip_path
-        tt, R = t[ok], risk[ok]
-        lr_path[ok] = time_schedule_values("lr", self.lr, tt)
-        if isinstance(self.clip, RiskSchedule):
-            c = self.clip.clip(R)
-            if self.clip.compensate:
-                lr_path[ok] /= reduction_factors(self.noise, R, c)[0]
-        else:
-            c = time_schedule_values("clip", self.clip, tt, allow_inf=True, allow_none=True)
-        clip_path[ok] = c
-        return lr_path, clip_path
+    def unpack(self, vec) -> dict:
+        return {k: vec[self.offsets[i] : self.offsets[i + 1]] for i, k in enumerate(self.keys)}
 
 
 def _rk4(f, y0, t_grid, dt):
@@ -133,11 +79,11 @@ class _Overflow(Exception):
     """The right-hand side is infinite: the risk diverges."""
 
 
-def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
-    """Step a scipy OdeSolver, summing its dense output at the record times as it goes.
+def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold, risk_of):
+    """Step a scipy OdeSolver, recording ``risk_of`` of its dense output at the record times.
 
-    Returns (risk components summed: shape (1, n_done), record times done). Stops early when the
-    risk passes ``threshold`` (divergence). Only sums are kept: memory O(d), not O(d n_records).
+    Returns (risks: shape (1, n_done), record times done). Stops early when the risk passes
+    ``threshold`` (divergence). Only the statistic is kept: memory O(d), not O(d n_records).
     """
     import scipy.integrate  # deferred: keeps `import clipped_trip` light
 
@@ -154,7 +100,7 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
     sums = []
     i = 0
     while i < t_rec.size and t_rec[i] <= 0.0:
-        sums.append(float(y0.sum()))
+        sums.append(float(risk_of(y0)))
         i += 1
     if i < t_rec.size:
         try:
@@ -172,110 +118,177 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold):
             while j < t_rec.size and t_rec[j] <= solver.t:
                 j += 1
             if j > i:
-                sums.extend(solver.dense_output()(t_rec[i:j]).sum(axis=0).tolist())
+                sums.extend(np.atleast_1d(risk_of(solver.dense_output()(t_rec[i:j]))).tolist())
                 i = j
-            if not float(solver.y.sum()) < threshold:  # also catches NaN
+            if not float(risk_of(solver.y)) < threshold:  # also catches NaN
                 break
             if solver.status == "finished" and i < t_rec.size:
-                sums.extend([float(solver.y.sum())] * (t_rec.size - i))
+                sums.extend([float(risk_of(solver.y))] * (t_rec.size - i))
                 i = t_rec.size
     return np.array(sums)[None, :], t_rec[: len(sums)]
 
 
+def _iterate_map(eq, layout, y0, steps, threshold, risk_of):
+    """The one-step map from step 0 to steps[-1], the risk recorded at ``steps``."""
+    out = np.full(steps.size, np.inf)
+    state = layout.unpack(y0)
+    k = 0
+    for i, target in enumerate(steps):
+        while k < target:
+            try:
+                state = eq.map_step(k, state)
+            except OverflowError:
+                return out
+            k += 1
+            R = float(risk_of(layout.pack(state)))
+            if not R < threshold:
+                return out
+        out[i] = float(risk_of(layout.pack(state)))
+    return out
+
+
 def solve_ode(
     problem: Problem,
-    lr,
+    algorithm,
     clip=None,
     T=None,
     times=None,
     *,
     n_records: int = 201,
-    method: str = "DOP853",
+    method: str = "auto",
     rtol: float = 1e-10,
     atol: float | None = None,
     dt: float | None = None,
     use_table: bool = True,
+    second_order: bool = False,
     divergence_threshold: float | None = None,
 ) -> ODEResult:
-    """Solve the risk ODE of clipped SGD.
+    """Solve the deterministic equivalent (risk ODE, or one-step map) of an algorithm.
+
+    ``solve_ode(problem, ClippedSGD(lr, clip, batch=B, clip_mode=...), T=...)``; the v0.1 form
+    ``solve_ode(problem, lr, clip, ...)`` is ``ClippedSGD(lr, clip)``.
 
     Args:
         problem: the :class:`Problem`.
-        lr: gamma: a number > 0, a callable of t, or (times, values).
-        clip: None (no clipping), a number, a callable of t, (times, values), or a
-            :class:`RiskSchedule` (clip as a function of the current risk, e.g.
-            ``max_ccc_schedule``).
-        T, times, n_records: horizon and record times (default ``n_records`` even points on [0, T]).
-        method: "DOP853" (default), any ``scipy.integrate.solve_ivp`` method, or "rk4" (fixed step
-            ``dt``, default 1e-3).
+        algorithm: an algorithm object, or the learning rate gamma (a number > 0, a callable of
+            t, or (times, values)) with ``clip``: None (no clipping), a number, a callable of t,
+            (times, values), or a :class:`RiskSchedule` (e.g. ``max_ccc_schedule``).
+        T, times, n_records: horizon and record times (default ``n_records`` even points on
+            [0, T]); repeated times are allowed.
+        method: "auto" (default: "map" for batch > 1 when h = gamma lambda_max / D exceeds
+            ``MAP_THRESHOLD`` = 0.05, else DOP853), "map" (iterate the one-step map of E[v],
+            SPEC 8A.2 / 8B.3, at integer steps: the deterministic equivalent near the critical
+            batch size), "DOP853" or any ``scipy.integrate.solve_ivp`` method, or "rk4" (fixed
+            step ``dt``, default 1e-3).
         rtol, atol: tolerances for solve_ivp (atol default rtol * 1e-6 * R0 / d).
-        use_table: tabulate mu, nu in R when they depend on R alone (fast); False evaluates
+        use_table: tabulate the factors in R when they depend on R alone (fast); False evaluates
             them directly.
+        second_order: keep the O(h) second-order term (SPEC 8A.3): right stationary risk and
+            stability boundary, but no better transient; the map is preferable.
         divergence_threshold: risk above this stops the solve and marks divergence
             (default 1e12 max(R0, 1)).
 
     Returns:
-        :class:`ODEResult` with ``t``, ``risk``, ``lr_path``, ``clip_path``, ``diverged``.
+        :class:`ODEResult` with ``t`` (for the map: the record times rounded to steps / D),
+        ``risk``, ``lr_path``, ``clip_path``, ``diverged``; ``params["method"]`` says which
+        method ran.
 
-    References: arXiv 2406.11733, the ODE for the risk of C-HSGD (Sec. 3); SPEC section 4.
+    References: arXiv 2406.11733, the ODE for the risk of C-HSGD (Sec. 3); SPEC sections 4, 8.
     """
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
+    alg = as_algorithm(algorithm, clip, "solve_ode")
+    if not isinstance(method, str):
+        raise ValueError(
+            f"method must be 'auto', 'map', 'rk4' or a scipy OdeSolver name, got {method!r}"
+        )
     if times is None:
         T = V.positive("T", T)
-        t_rec = np.linspace(0.0, T, V.count("n_records", n_records, lo=2))
+        t_req = np.linspace(0.0, T, V.count("n_records", n_records, lo=2))
     else:
-        t_rec = np.asarray(V.vector("times", times), dtype=np.float64)
-        if np.any(t_rec < 0) or np.any(np.diff(t_rec) <= 0):
-            raise ValueError("times must be >= 0 and strictly increasing")
+        t_req = np.asarray(V.vector("times", times), dtype=np.float64)
+        if np.any(t_req < 0) or np.any(np.diff(t_req) < 0):
+            raise ValueError("times must be >= 0 and non-decreasing")
     rtol = V.positive("rtol", rtol)
-    lam = problem.eigenvalues
     D, d = problem.D, problem.d
-    e0 = problem.initial_error
-    y0 = 0.5 * lam * e0 * e0
-    R0 = float(y0.sum())
+    chosen = method
+    eq = alg.deterministic(problem, use_table=use_table, second_order=second_order)
+    h = eq.h_bound(float(t_req[-1]))
+    big_h = alg.samples_per_step() > 1 and h > MAP_THRESHOLD
+    if method.lower() == "auto":
+        chosen = "map" if big_h else "DOP853"
+    elif big_h and method.lower() != "map":
+        warnings.warn(
+            f"h = gamma lambda_max / D = {h:.3g} is not small (batch {alg.samples_per_step()}): "
+            "no continuous-time ODE is right at O(1) here; method='map' is (SPEC 8A.4)",
+            stacklevel=2,
+        )
+    if chosen.lower() == "map":  # the map needs the Stein curvature kap as well
+        eq = alg.deterministic(problem, use_table=use_table, for_map=True)
+    state0 = eq.state0()
+    layout = _Layout(state0)
+    y0 = layout.pack(state0)
+
+    def risk_of(vec):
+        return eq.observe(layout.unpack(vec))["risk"]
+
+    R0 = float(risk_of(y0))
     threshold = divergence_limit(divergence_threshold, R0)
-    coef = _Coefficients(problem, lr, clip, use_table)
-    lam2_half_D = lam * lam / (2.0 * D)
-
-    def rhs(t, y):
-        R = float(y.sum())
-        if not math.isfinite(R) or R > threshold:
-            return np.zeros_like(y)
-        g, mu, nu, _ = coef.factors(t, max(R, 0.0))
-        if not (math.isfinite(nu) and math.isfinite(g)):
-            raise _Overflow(t)
-        return -2.0 * g * mu * lam * y + g * g * nu * lam2_half_D
-
-    start = 0.0
-    if method.lower() == "rk4":
-        h = 1e-3 if dt is None else V.positive("dt", dt)
-        grid = np.concatenate([[start], t_rec]) if t_rec[0] > start else t_rec
-        try:
-            Y = _rk4(rhs, y0, grid, h)
-        except _Overflow:
-            Y = np.full((d, grid.size), np.inf)
-            Y[:, 0] = y0
-        if t_rec[0] > start:
-            Y = Y[:, 1:]
-        ok_t = t_rec
+    if chosen.lower() == "map":
+        steps = np.rint(t_req * D).astype(np.int64)
+        if steps[-1] > 10**8:
+            raise ValueError(f"method='map': T * D = {steps[-1]} steps is too many (max 1e8)")
+        t_rec = steps / D
+        risk = _iterate_map(eq, layout, y0, steps, threshold, risk_of)
+        chosen = "map"
     else:
-        atol = rtol * 1e-6 * max(R0, 1e-300) / d if atol is None else V.positive("atol", atol)
-        Y, ok_t = _integrate(rhs, y0, t_rec, method, rtol, atol, threshold)
-    risk = np.full(t_rec.shape, np.inf)
-    n_ok = ok_t.size
-    risk[:n_ok] = Y.sum(axis=0)[:n_ok]
+        t_rec, inverse = np.unique(t_req, return_inverse=True)
+
+        def rhs(t, vec):
+            state = layout.unpack(vec)
+            R = float(eq.observe(state)["risk"])
+            if not math.isfinite(R) or R > threshold:
+                return np.zeros_like(vec)
+            try:
+                return layout.pack(eq.rates(t, state))
+            except OverflowError:
+                raise _Overflow(t) from None
+
+        start = 0.0
+        if chosen.lower() == "rk4":
+            step = 1e-3 if dt is None else V.positive("dt", dt)
+            grid = np.concatenate([[start], t_rec]) if t_rec[0] > start else t_rec
+            try:
+                Y = _rk4(rhs, y0, grid, step)
+            except _Overflow:
+                Y = np.full((y0.size, grid.size), np.inf)
+                Y[:, 0] = y0
+            if t_rec[0] > start:
+                Y = Y[:, 1:]
+            sums = np.atleast_1d(risk_of(Y))
+        else:
+            atol = rtol * 1e-6 * max(R0, 1e-300) / d if atol is None else V.positive("atol", atol)
+            Yr, ok_t = _integrate(rhs, y0, t_rec, chosen, rtol, atol, threshold, risk_of)
+            sums = np.full(t_rec.shape, np.inf)
+            sums[: ok_t.size] = Yr[0][: ok_t.size]
+        risk = np.asarray(sums, dtype=np.float64)[inverse]
+        t_rec = t_req
+    risk = np.array(risk, dtype=np.float64)
     bad = ~np.isfinite(risk) | (risk > threshold)
     diverged = bool(bad.any())
     div_time = float(t_rec[np.argmax(bad)]) if diverged else float("nan")
     risk[np.maximum.accumulate(bad)] = np.inf
-    lr_path, clip_path = coef.paths(t_rec, risk)
+    lr_path, clip_path = eq.paths(t_rec, risk)
+    desc = alg.describe()
     params = {
         "kind": "ode",
-        "method": method,
+        "method": chosen,
         "rtol": rtol,
         "T": float(t_rec[-1]),
-        "clip": getattr(clip, "name", clip if is_constant(clip) else "time schedule"),
+        "clip": getattr(alg.clip, "name", alg.clip if is_constant(alg.clip) else "time schedule"),
+        "algorithm": desc,
+        "h": h,
+        "second_order": bool(second_order),
         "problem": problem.describe(),
     }
     return ODEResult(t_rec, risk, lr_path, clip_path, diverged, div_time, params)

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as V
-from ._clip import clip_factor
+from ._clipped_sgd import clipped_step
+from ._engine import run_keys
 
 __all__ = ["load_digits_binary", "load_cifar10", "random_feature_regression", "real_data_sgd"]
 
@@ -107,8 +108,8 @@ def random_feature_regression(X, y, n_features=500, seed=0):
     }
 
 
-@partial(jax.jit, static_argnames=("record_every", "runs"))
-def _real_sgd_core(F, y, x0, x_star, K, lr_over_D, thr, key, record_every, runs):
+@partial(jax.jit, static_argnames=("record_every",))
+def _real_sgd_core(F, y, x0, x_star, K, lr, clip, inv_D, sqrt_D, keys, record_every):
     n = F.shape[0]
     n_rec = n // record_every
 
@@ -120,7 +121,7 @@ def _real_sgd_core(F, y, x0, x_star, K, lr_over_D, thr, key, record_every, runs)
                 f = F[i]
                 w = jnp.dot(f, x) - y[i]
                 g_norm = jnp.abs(w) * jnp.linalg.norm(f)
-                return x - lr_over_D * clip_factor(g_norm, thr) * w * f, None
+                return x - clipped_step(w, g_norm, lr, clip, inv_D, sqrt_D) * f, None
 
             x, _ = jax.lax.scan(step, x, idx)
             e = x - x_star
@@ -130,7 +131,6 @@ def _real_sgd_core(F, y, x0, x_star, K, lr_over_D, thr, key, record_every, runs)
         _, risks = jax.lax.scan(block, x0, order)
         return jnp.concatenate([jnp.array([0.5 * jnp.dot(e0, K @ e0)]), risks])
 
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(runs))
     return jax.lax.map(one_run, keys)
 
 
@@ -141,7 +141,7 @@ def real_data_sgd(data, x0, lr, clip, runs=50, seed=0, record_every=20):
     t = k / D and risk of shape (runs, len(t)): excess risk under the empirical distribution.
     """
     lr = V.positive("lr", lr)
-    thr = np.inf if clip is None else V.positive("clip", clip) * np.sqrt(data["D"])
+    clip = np.inf if clip is None else V.positive("clip", clip)
     runs = V.count("runs", runs)
     record_every = V.count("record_every", record_every)
     risk = _real_sgd_core(
@@ -150,11 +150,12 @@ def real_data_sgd(data, x0, lr, clip, runs=50, seed=0, record_every=20):
         jnp.asarray(x0),
         jnp.asarray(data["x_star"]),
         jnp.asarray(data["K"]),
-        lr / data["D"],
-        thr,
-        jax.random.key(seed),
+        lr,
+        clip,
+        1.0 / data["D"],
+        np.sqrt(data["D"]),
+        run_keys(seed, 0, runs),
         record_every,
-        runs,
     )
     t = np.arange(risk.shape[1]) * record_every / data["D"]
     return t, np.asarray(risk, dtype=np.float64)

@@ -23,19 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as V
-from ._clip import clip_factor
+from ._clipped_sgd import clipped_step
+from ._engine import check_run_args, map_runs, record_grid, run_keys, step_table
 from ._noise import NoiseLaw
 from ._problem import Problem
 from ._random import gamma_sample
 from ._results import RiskPaths, mark_divergence
-from ._simulate import (
-    DEFAULT_RUN_CHUNK,
-    _step_table,
-    check_run_args,
-    map_runs,
-    record_grid,
-    run_keys,
-)
 
 __all__ = ["ReducedProblem", "simulate_reduced"]
 
@@ -140,7 +133,9 @@ def _reduced_core(
     n_lr, n_clip = lr_tab.shape[1], clip_tab.shape[1]
     half_df = jnp.maximum(chi_df, 1.0) / 2
 
-    def one_run(lr_row, clip_row, key):
+    def one_run(rows, key):
+        lr_row, clip_row = rows["lr"], rows["clip"]
+
         def risk_of(n):
             return 0.5 * jnp.dot(lam, n)
 
@@ -161,7 +156,7 @@ def _reduced_core(
                 g_norm = jnp.abs(w) * jnp.sqrt(jnp.sum(block_sq))
                 lr = lr_row[0] if n_lr == 1 else lr_row[jnp.minimum(k, n_lr - 1)]
                 c = clip_row[0] if n_clip == 1 else clip_row[jnp.minimum(k, n_clip - 1)]
-                h = lr * inv_D * clip_factor(g_norm, c * sqrt_D) * w
+                h = clipped_step(w, g_norm, lr, c, inv_D, sqrt_D)
                 h = jnp.where(k < n_steps, h, 0.0)  # steps past the horizon do nothing
                 n = n - 2.0 * h * sqrt_lam * root_n * x + h * h * block_sq
                 return n, risk_of(n)
@@ -177,7 +172,7 @@ def _reduced_core(
         out = jnp.where(rec_steps == 0, risk_of(n0), jnp.nan)
         return jax.lax.fori_loop(0, n_blocks, block, (n0, out))[1]
 
-    return map_runs(one_run, lr_tab, clip_tab, keys, chunk)
+    return map_runs(one_run, {"lr": lr_tab, "clip": clip_tab}, keys, chunk)
 
 
 def simulate_reduced(
@@ -192,7 +187,7 @@ def simulate_reduced(
     n_records: int = 101,
     first_run: int = 0,
     divergence_threshold=None,
-    run_chunk: int = DEFAULT_RUN_CHUNK,
+    run_chunk: int | None = None,
 ) -> RiskPaths:
     """Clipped SGD on a spectrum with few distinct eigenvalues, O(m) per step (float64).
 
@@ -206,8 +201,8 @@ def simulate_reduced(
     chunk = V.count("run_chunk", run_chunk or 16)  # O(m) state: the random blocks dominate
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
-    lr_tab = _step_table("lr", lr, n_steps, D, False)[None, :]
-    clip_tab = _step_table("clip", clip, n_steps, D, True)[None, :]
+    lr_tab = step_table("lr", lr, n_steps, D, False)[None, :]
+    clip_tab = step_table("clip", clip, n_steps, D, True)[None, :]
     rec_steps, where_rec = np.unique(steps, return_inverse=True)
     n_blocks = max(1, -(-n_steps // _BLOCK))
     lam = problem.eigenvalues

@@ -44,6 +44,7 @@ class RiskPaths:
         diverged: shape (..., runs), True where the risk overflowed.
         divergence_time: shape (..., runs), first record time at which it did (NaN otherwise).
         params: the parameters that produced it (JSON-friendly).
+        samples: examples used up to each record time (batch x steps), where known.
     """
 
     t: np.ndarray
@@ -51,6 +52,7 @@ class RiskPaths:
     diverged: np.ndarray
     divergence_time: np.ndarray
     params: dict = field(default_factory=dict)
+    samples: np.ndarray | None = None
 
     @property
     def runs(self) -> int:

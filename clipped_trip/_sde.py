@@ -1,12 +1,15 @@
-"""Homogenized clipped SGD (C-HSGD), Euler-Maruyama in the eigenbasis (SPEC section 4).
+"""Homogenized SGD (C-HSGD) of any algorithm, Euler-Maruyama in the eigenbasis (SPEC section 4).
 
-    dX_i = -gamma mu_c(R) lambda_i X_i dt + gamma sqrt(nu_c(R) / D) sqrt(lambda_i) dB_i
+    dX_i = -gamma mu lambda_i X_i dt + gamma sqrt(nu_eff / D) sqrt(lambda_i) dB_i
 
-mu and nu are read inside the jitted loop from a table: in log R (48 points per decade, linear in
-(log R, log mu/log nu)) for a constant or risk-dependent clip, and in (log R, log c) for a clip
-that varies in time. The table error (~1e-5) is far below the Monte Carlo error of any run count.
+with the algorithm's factors (mu, nu_eff) (batch 1: SPEC 3; per-example batch B: nu / B; clip of
+the mean: mu_B, nu_B of SPEC 8B, functions of R and z = (B + 1) G / (2 D R), G = ||K X||^2). They
+are read inside the jitted loop from a table: in log R (48 points per decade, linear in
+(log R, log mu / log nu)) for a constant or risk-dependent clip, in (log R, log c) for a clip that
+varies in time, and in (log R, z) for clip of the mean. The table error (~1e-5) is far below the
+Monte Carlo error of any run count.
 
-References: arXiv 2406.11733, homogenized SGD for clipped SGD (C-HSGD), Sec. 3.
+References: arXiv 2406.11733, homogenized SGD for clipped SGD (C-HSGD), Sec. 3; SPEC 8.
 """
 
 from __future__ import annotations
@@ -19,19 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as V
-from ._factors import reduction_factors
-from ._problem import Problem
-from ._results import RiskPaths, mark_divergence
-from ._schedules import RiskSchedule, is_constant, time_schedule_values
-from ._simulate import (
-    DEFAULT_RUN_CHUNK,
+from ._algorithm import as_algorithm
+from ._engine import (
+    at_step,
     check_run_args,
     chunk_size,
-    describe_schedule,
+    interval_bounds,
     map_runs,
     resolve_dtype,
     run_keys,
 )
+from ._problem import Problem
+from ._results import RiskPaths, mark_divergence
+from ._schedules import RiskSchedule, is_constant, time_schedule_values
 
 __all__ = ["simulate_sde"]
 
@@ -51,41 +54,20 @@ def _log_table(mu, nu):
 
 
 @partial(jax.jit, static_argnames=("mode", "chunk"))
-def _sde_core(
-    lam,
-    sqrt_lam,
-    x0,
-    inv_D,
-    dt,
-    lr_tab,
-    clip_tab,
-    keys,
-    bounds,
-    log_r,
-    tab_mu,
-    tab_nu,
-    log_c,
-    m2,
-    mode,
-    chunk,
-):
+def _sde_core(inputs, keys, mode, chunk):
+    """inputs: lam, sqrt_lam, x0, inv_D, dt, tables {lr, clip} (1, knots), bounds, the factor
+    tables (log_r, tab_mu, tab_nu, log_c or z grid), m2 and inv_B (unclipped nu_eff)."""
+    lam, sqrt_lam, x0 = inputs["lam"], inputs["sqrt_lam"], inputs["x0"]
+    inv_D, dt = inputs["inv_D"], inputs["dt"]
+    log_r, tab_mu, tab_nu, log_c = (inputs[k] for k in ("log_r", "tab_mu", "tab_nu", "log_c"))
+    m2, inv_B, z_scale = inputs["m2"], inputs["inv_B"], inputs["z_scale"]
     d = x0.shape[0]
-    n_lr = lr_tab.shape[1]
-    n_c = clip_tab.shape[1]
 
-    def factors(R, k, c_row):
-        x = jnp.log(jnp.maximum(R, 1e-300))
-        if mode == "unclipped":
-            return jnp.ones_like(R), 2.0 * R + m2
-        if mode == "risk":  # tables in log R only
-            return jnp.exp(jnp.interp(x, log_r, tab_mu)), jnp.exp(jnp.interp(x, log_r, tab_nu))
-        # mode == "time": bilinear in (log R, log c)
-        c = c_row[jnp.minimum(k, n_c - 1)]
-        y = jnp.log(c)
+    def bilinear(x, y, grid_y):
         i = jnp.clip(jnp.searchsorted(log_r, x) - 1, 0, log_r.size - 2)
-        j = jnp.clip(jnp.searchsorted(log_c, y) - 1, 0, log_c.size - 2)
+        j = jnp.clip(jnp.searchsorted(grid_y, y) - 1, 0, grid_y.size - 2)
         fx = jnp.clip((x - log_r[i]) / (log_r[i + 1] - log_r[i]), 0.0, 1.0)
-        fy = jnp.clip((y - log_c[j]) / (log_c[j + 1] - log_c[j]), 0.0, 1.0)
+        fy = jnp.clip((y - grid_y[j]) / (grid_y[j + 1] - grid_y[j]), 0.0, 1.0)
 
         def bil(tab):
             return (
@@ -95,18 +77,32 @@ def _sde_core(
                 + fx * fy * tab[i + 1, j + 1]
             )
 
-        # steps whose clip is inf (no clipping) use the unclipped factors
-        unclipped = jnp.isinf(c)
-        mu = jnp.where(unclipped, 1.0, jnp.exp(bil(tab_mu)))
-        return mu, jnp.where(unclipped, 2.0 * R + m2, jnp.exp(bil(tab_nu)))
+        return jnp.exp(bil(tab_mu)), jnp.exp(bil(tab_nu))
 
-    def one_run(lr_row, clip_row, key):
+    def factors(R, G, c):
+        x = jnp.log(jnp.maximum(R, 1e-300))
+        unclipped_nu = (2.0 * R + m2) * inv_B
+        if mode == "unclipped":
+            return jnp.ones_like(R), unclipped_nu
+        if mode == "risk":  # tables in log R only
+            return jnp.exp(jnp.interp(x, log_r, tab_mu)), jnp.exp(jnp.interp(x, log_r, tab_nu))
+        if mode == "shift":  # clip of the mean: (log R, z), z = (B + 1) G / (2 D R)
+            z = z_scale * G / jnp.maximum(R, 1e-300)
+            return bilinear(x, z, log_c)
+        # mode == "time": bilinear in (log R, log c); steps whose clip is inf are unclipped
+        mu, nu = bilinear(x, jnp.log(c), log_c)
+        unclipped = jnp.isinf(c)
+        return jnp.where(unclipped, 1.0, mu), jnp.where(unclipped, unclipped_nu, nu)
+
+    def one_run(rows, key):
         def step(k, x):
-            R = 0.5 * jnp.dot(lam * x, x)
-            mu, nu = factors(R, k, clip_row)
-            lr = lr_row[jnp.minimum(k, n_lr - 1)]
-            if mode == "risk":  # clip_row[0] = 1: compensated learning rate gamma / mu
-                lr = jnp.where(clip_row[0] > 0.5, lr / mu, lr)
+            lx = lam * x
+            R = 0.5 * jnp.dot(lx, x)
+            G = jnp.dot(lx, lx) if mode == "shift" else R
+            mu, nu = factors(R, G, at_step(rows["clip"], k))
+            lr = at_step(rows["lr"], k)
+            if mode in ("risk", "shift"):  # clip row [1]: compensated learning rate gamma / mu
+                lr = jnp.where(rows["clip"][0] > 0.5, lr / mu, lr)
             xi = jax.random.normal(jax.random.fold_in(key, k), (d,), x.dtype)
             return x - lr * mu * lam * x * dt + lr * jnp.sqrt(nu * inv_D * dt) * sqrt_lam * xi
 
@@ -114,14 +110,14 @@ def _sde_core(
             x = jax.lax.fori_loop(bound[0], bound[1], step, x)
             return x, 0.5 * jnp.dot(lam * x, x)
 
-        return jax.lax.scan(interval, x0, bounds)[1]
+        return jax.lax.scan(interval, x0, inputs["bounds"])[1]
 
-    return map_runs(one_run, lr_tab, clip_tab, keys, chunk)
+    return map_runs(one_run, inputs["tables"], keys, chunk)
 
 
 def simulate_sde(
     problem: Problem,
-    lr,
+    algorithm,
     clip=None,
     T=None,
     runs: int = 16,
@@ -133,16 +129,18 @@ def simulate_sde(
     dtype="float32",
     first_run: int = 0,
     divergence_threshold=None,
-    run_chunk: int = DEFAULT_RUN_CHUNK,
+    run_chunk: int | None = None,
 ) -> RiskPaths:
-    """Homogenized SGD (C-HSGD) by Euler-Maruyama with step ``dt`` (in time units t = k / D).
+    """Homogenized SGD (C-HSGD) of an algorithm by Euler-Maruyama with step ``dt`` (t = k / D).
 
-    Same arguments and result type as :func:`simulate`; ``clip`` may also be a
-    :class:`RiskSchedule` here (evaluated at each run's own risk). Record times are rounded to
-    multiples of ``dt``.
+    Same arguments and result type as :func:`simulate` (an algorithm, or the v0.1 form
+    ``lr, clip``); the clip may also be a :class:`RiskSchedule` here (evaluated at each run's own
+    risk). Record times are rounded to multiples of ``dt``. Clip of the mean at batch > 1 takes a
+    constant or risk-dependent clip.
 
-    References: arXiv 2406.11733, C-HSGD (Sec. 3); SPEC section 4.
+    References: arXiv 2406.11733, C-HSGD (Sec. 3); SPEC sections 4 and 8.
     """
+    alg = as_algorithm(algorithm, clip, "simulate_sde")
     runs, first_run, threshold = check_run_args(
         problem, Problem, runs, first_run, divergence_threshold
     )
@@ -158,6 +156,8 @@ def simulate_sde(
     steps = np.rint(t / dt).astype(np.int64)
     n_steps = max(int(steps[-1]), 1)
     step_t = np.arange(n_steps) * dt
+    lr, clip = alg.lr, alg.clip
+    eq = alg.deterministic(problem, use_table=False)
     lr_tab = (
         time_schedule_values("lr", lr, np.zeros(1))
         if is_constant(lr)
@@ -168,59 +168,76 @@ def simulate_sde(
     R_grid = np.exp(log_r)
     log_c = np.zeros(2)
     clip_tab = np.ones(1)
+    z_scale = 0.0
     if is_constant(clip) and (clip is None or math.isinf(float(clip))):
         mode = "unclipped"
         tab_mu = tab_nu = np.zeros(1)
     elif is_constant(clip) or isinstance(clip, RiskSchedule):
-        mode = "risk"
         if isinstance(clip, RiskSchedule):
             c_of_r = clip.clip(R_grid)
             clip_tab = np.array([1.0 if clip.compensate else 0.0])
         else:
-            c_of_r = time_schedule_values("clip", clip, np.zeros(1), allow_inf=True)[0]
+            c_of_r = np.full(R_grid.shape, time_schedule_values("clip", clip, np.zeros(1))[0])
             clip_tab = np.array([0.0])
-        tab_mu, tab_nu = _log_table(*reduction_factors(noise, R_grid, c_of_r))
+        if eq.shifted:
+            mode = "shift"
+            log_c = np.unique(np.concatenate([eq.z_nodes, eq.z_range]))  # the z grid
+            if log_c.size < 2:
+                log_c = np.array([log_c[0], log_c[0] * (1 + 1e-3) + 1e-12])
+            z_scale = (alg.batch + 1) / (2.0 * problem.D)  # G = sum (lam x)^2 = ||K X||^2
+            zz = np.broadcast_to(log_c[None, :], (R_grid.size, log_c.size))
+            cc = np.broadcast_to(c_of_r[:, None], zz.shape)
+            rr = np.broadcast_to(R_grid[:, None], zz.shape)
+            tab_mu, tab_nu = _log_table(*eq.sde_factors(rr, cc, zz))
+        else:
+            mode = "risk"
+            tab_mu, tab_nu = _log_table(*eq.sde_factors(R_grid, c_of_r, 0.0))
     else:
+        if eq.shifted:
+            raise ValueError(
+                "simulate_sde: clip of the mean at batch > 1 takes a constant or risk-dependent "
+                "clip; for a time schedule use simulate or solve_ode"
+            )
         mode = "time"
         clip_tab = time_schedule_values("clip", clip, step_t, allow_inf=True)
         finite = clip_tab[np.isfinite(clip_tab)]
         if finite.size == 0:  # inf at every step: plain SGD's factors
             finite = np.ones(1)
         c_lo, c_hi = finite.min(), finite.max()
+        # a single finite value: widen the grid so that float32 still resolves its width
+        margin = 1e-9 if math.log(c_hi / c_lo) > 1e-6 else 1e-2
         log_c = np.linspace(
-            math.log(c_lo) - 1e-9,
-            math.log(c_hi) + 1e-9,
+            math.log(c_lo) - margin,
+            math.log(c_hi) + margin,
             max(2, int(_PER_DECADE * math.log10(c_hi / c_lo)) + 2),
         )
-        tab_mu, tab_nu = _log_table(
-            *reduction_factors(noise, R_grid[:, None], np.exp(log_c)[None, :])
-        )
-    bounds = np.stack([np.concatenate([[0], steps[:-1]]), steps], axis=1).astype(np.int32)
+        tab_mu, tab_nu = _log_table(*eq.sde_factors(R_grid[:, None], np.exp(log_c)[None, :], 0.0))
     f = lambda a: jnp.asarray(a, dtype_)  # noqa: E731
     lam = problem.eigenvalues
-    risk = _sde_core(
-        f(lam),
-        f(np.sqrt(lam)),
-        f(problem.initial_error),
-        f(1.0 / problem.D),
-        f(dt),
-        f(lr_tab[None, :]),
-        f(clip_tab[None, :]),
-        run_keys(seed, first_run, runs),
-        jnp.asarray(bounds),
-        f(log_r),
-        f(tab_mu),
-        f(tab_nu),
-        f(log_c),
-        f(noise.second_moment),
-        mode,
-        chunk,
-    )
+    inputs = {
+        "lam": f(lam),
+        "sqrt_lam": f(np.sqrt(lam)),
+        "x0": f(problem.initial_error),
+        "inv_D": f(1.0 / problem.D),
+        "dt": f(dt),
+        "tables": {"lr": f(lr_tab[None, :]), "clip": f(clip_tab[None, :])},
+        "bounds": jnp.asarray(interval_bounds(steps)),
+        "log_r": f(log_r),
+        "tab_mu": f(tab_mu),
+        "tab_nu": f(tab_nu),
+        "log_c": f(log_c),
+        "m2": f(noise.second_moment),
+        "inv_B": f(1.0 / alg.samples_per_step()),
+        "z_scale": f(z_scale),
+    }
+    risk = _sde_core(inputs, run_keys(seed, first_run, runs), mode, chunk)
     risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
+    desc = alg.describe()
     params = {
         "kind": "sde",
-        "lr": describe_schedule(lr),
-        "clip": describe_schedule(clip),
+        "lr": desc.get("lr"),
+        "clip": desc.get("clip"),
+        "algorithm": desc,
         "dt": dt,
         "T": float(t[-1]),
         "runs": runs,

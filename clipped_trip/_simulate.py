@@ -22,29 +22,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as V
-from ._clip import clip_factor
+from ._algorithm import Algorithm, as_algorithm
+from ._engine import (
+    at_step,
+    check_run_args,
+    check_seed,
+    chunk_size,
+    interval_bounds,
+    map_runs,
+    record_grid,
+    resolve_dtype,
+    run_keys_traced,
+)
 from ._problem import Problem
-from ._results import RiskPaths, divergence_limit, mark_divergence
-from ._schedules import RiskSchedule, is_constant, time_schedule_values
+from ._results import RiskPaths, mark_divergence
 
-__all__ = ["simulate", "sweep", "trace_count", "record_grid"]
+__all__ = ["simulate", "sweep", "trace_count", "record_grid", "chunk_size"]
 
 _TRACES = {"count": 0}
-DEFAULT_RUN_CHUNK = None  # automatic: a power of two depending on d only (see chunk_size)
-_CHUNK_ELEMENTS = 2**16  # runs x d per chunk: enough work per step to vectorise well
-
-
-def chunk_size(width: int, requested=None) -> int:
-    """Runs advanced together, one chunk after another, each chunk the same compiled program.
-
-    It depends on the problem's width d only (2^16 / d rounded down to a power of two, within
-    [16, 256]), never on the number of runs: XLA's reductions depend on the batch shape, so a
-    fixed chunk is what makes a run bit-identical alone or inside any batch.
-    """
-    if requested is not None:
-        return V.count("run_chunk", requested)
-    target = max(1, _CHUNK_ELEMENTS // max(int(width), 1))
-    return int(min(256, max(16, 2 ** int(math.floor(math.log2(target))))))
+DEFAULT_RUN_CHUNK = None  # automatic: a power of two depending on the width d (x batch) only
 
 
 def trace_count() -> int:
@@ -52,178 +48,69 @@ def trace_count() -> int:
     return _TRACES["count"]
 
 
-def resolve_dtype(dtype):
-    try:
-        dt = jnp.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in (jnp.dtype("float32"), jnp.dtype("float64")):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    if dt == jnp.dtype("float64") and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "dtype float64 needs JAX's 64-bit mode: call "
-            "jax.config.update('jax_enable_x64', True) first"
-        )
-    return dt
+@partial(jax.jit, static_argnames=("kernel", "noise", "chunk", "runs"))
+def _simulate_core(inputs, kernel, noise, chunk, runs):
+    """Records (cells, runs, n_records) of ``kernel`` for per-cell step tables ``inputs["tables"]``.
 
-
-def record_grid(D: float, T, times, n_records):
-    """Record times and the step index of each (k = round(t D)). Returns (t, steps, n_steps)."""
-    if times is None:
-        T = V.positive("T", T)
-        n_records = V.count("n_records", n_records, lo=2)
-        t = np.linspace(0.0, T, n_records)
-    else:
-        t = V.vector("times", times)
-        if np.any(t < 0) or np.any(np.diff(t) < 0):
-            raise ValueError("times must be >= 0 and non-decreasing")
-        if T is not None:
-            T = V.positive("T", T)
-            if t[-1] > T * (1 + 1e-12):
-                raise ValueError(f"times must be <= T = {T}, got max {t[-1]}")
-    steps = np.rint(t * D).astype(np.int64)
-    n_steps = int(steps[-1])
-    if n_steps > 2**31 - 1:
-        raise ValueError(f"T * D = {n_steps} steps exceeds 2^31 - 1; use a smaller T")
-    return np.asarray(t, dtype=np.float64), steps, n_steps
-
-
-def _step_table(name, schedule, n_steps, D, allow_inf):
-    """A schedule as values per step (length 1 for constants, so sweeps share one program)."""
-    if is_constant(schedule):
-        return time_schedule_values(
-            name, schedule, np.zeros(1), allow_inf=allow_inf, allow_none=allow_inf
-        )
-    t_steps = np.arange(max(n_steps, 1), dtype=np.float64) / D
-    return time_schedule_values(name, schedule, t_steps, allow_inf=allow_inf, allow_none=allow_inf)
-
-
-@partial(jax.jit, static_argnames=("noise", "chunk", "runs"))
-def _simulate_core(
-    sqrt_lam, e0, inv_D, sqrt_D, lr_tab, clip_tab, seed, first_run, bounds, noise, chunk, runs
-):
-    """risk[cell, run, record] for lr_tab/clip_tab of shape (cells, knots)."""
-    _TRACES["count"] += 1  # Python side effect: runs once per trace, never at run time
-    keys = _run_keys_traced(seed, first_run, runs)  # inside the program: no extra compile
-    dtype = e0.dtype
-    d = e0.shape[0]
-    n_lr, n_clip = lr_tab.shape[1], clip_tab.shape[1]
-
-    def one_run(lr_row, clip_row, key):
-        def step(k, e):
-            kz, ke = jax.random.split(jax.random.fold_in(key, k))
-            a = sqrt_lam * jax.random.normal(kz, (d,), dtype)
-            w = jnp.dot(a, e) - noise.sample(ke, (), dtype)
-            g_norm = jnp.abs(w) * jnp.sqrt(jnp.dot(a, a))
-            lr = lr_row[jnp.minimum(k, n_lr - 1)]
-            c = clip_row[jnp.minimum(k, n_clip - 1)]
-            scale = lr * inv_D * clip_factor(g_norm, c * sqrt_D) * w
-            return e - scale * a
-
-        def interval(e, bound):
-            e = jax.lax.fori_loop(bound[0], bound[1], step, e)
-            return e, 0.5 * jnp.dot(sqrt_lam * e, sqrt_lam * e)
-
-        _, risks = jax.lax.scan(interval, e0, bounds)
-        return risks
-
-    return map_runs(one_run, lr_tab, clip_tab, keys, chunk)
-
-
-def map_runs(one_run, lr_tab, clip_tab, run_keys, chunk):
-    """one_run(lr_row, clip_row, key) over every (cell, run) pair: result (cells, runs, ...).
-
-    Items are padded to whole chunks of ``chunk``; chunks run one after the other, each the same
-    vmapped program (see ``chunk_size`` for why results do not depend on the batch).
+    ``inputs``: model (sqrt_lam, inv_D, sqrt_D), e0, tables {name: (cells, knots)}, seed,
+    first_run, bounds (record intervals). The step's key is fold_in(run key, k).
     """
-    n_cells, n_runs = lr_tab.shape[0], run_keys.shape[0]
-    n_items = n_cells * n_runs
-    n_chunks = -(-n_items // chunk)
-    pad = n_chunks * chunk - n_items
-    cell_of = jnp.concatenate([jnp.repeat(jnp.arange(n_cells), n_runs), jnp.zeros(pad, int)])
-    run_of = jnp.concatenate([jnp.tile(jnp.arange(n_runs), n_cells), jnp.zeros(pad, int)])
-    items = (lr_tab[cell_of], clip_tab[cell_of], run_keys[run_of])
-    items = jax.tree.map(lambda x: x.reshape((n_chunks, chunk) + x.shape[1:]), items)
-    out = jax.lax.map(lambda it: jax.vmap(one_run)(*it), items)
-    out = out.reshape((n_chunks * chunk,) + out.shape[2:])[:n_items]
-    return out.reshape((n_cells, n_runs) + out.shape[1:])
+    _TRACES["count"] += 1  # Python side effect: runs once per trace, never at run time
+    keys = run_keys_traced(
+        inputs["seed"], inputs["first_run"], runs
+    )  # in-program: no extra compile
+    model = inputs["model"]
+
+    def one_run(rows, key):
+        def step(k, carry):
+            e, state = carry
+            sched = {name: at_step(row, k) for name, row in rows.items()}
+            return kernel.step(noise, model, sched, jax.random.fold_in(key, k), e, state)
+
+        def interval(carry, bound):
+            carry = jax.lax.fori_loop(bound[0], bound[1], step, carry)
+            return carry, kernel.records(model, *carry)
+
+        start = (inputs["e0"], kernel.init_state(model))
+        return jax.lax.scan(interval, start, inputs["bounds"])[1]
+
+    return map_runs(one_run, inputs["tables"], keys, chunk)
 
 
-def _run_keys_traced(seed, first_run, runs):
-    base = jax.random.key(seed)
-    ids = first_run + jnp.arange(runs, dtype=jnp.uint32)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
-
-
-_keys = jax.jit(_run_keys_traced, static_argnames=("runs",))
-
-
-def _check_seed(seed, first_run, runs):
-    seed = V.count("seed", seed, lo=0)
-    if seed >= 2**32 or first_run + runs > 2**32:
-        raise ValueError(f"seed and run indices must be < 2^32, got seed {seed}")
-    return jnp.uint32(seed), jnp.uint32(first_run)
-
-
-def run_keys(seed, first_run, runs):
-    """Keys of runs first_run .. first_run + runs - 1 of stream ``seed``."""
-    return _keys(*_check_seed(seed, first_run, runs), runs=runs)
-
-
-def check_run_args(problem, problem_type, runs, first_run, divergence_threshold):
-    """Validation shared by the three Monte Carlo entry points: (runs, first_run, threshold)."""
-    if not isinstance(problem, problem_type):
-        raise ValueError(f"problem must be a {problem_type.__name__}, got {type(problem).__name__}")
-    runs = V.count("runs", runs)
-    first_run = V.count("first_run", first_run, lo=0)
-    return runs, first_run, divergence_limit(divergence_threshold, problem.initial_risk)
-
-
-def _run(
-    problem,
-    lr_tabs,
-    clip_tabs,
-    T,
-    runs,
-    seed,
-    times,
-    n_records,
-    dtype,
-    first_run,
-    divergence_threshold,
-    chunk,
-):
-    runs, first_run, threshold = check_run_args(
-        problem, Problem, runs, first_run, divergence_threshold
-    )
+def _run(problem, algorithms, T, runs, seed, times, n_records, dtype, first_run, threshold, chunk):
+    """Run every algorithm (cells of one kernel) on the same random stream."""
+    runs, first_run, threshold = check_run_args(problem, Problem, runs, first_run, threshold)
     dt = resolve_dtype(dtype)
+    kernel = algorithms[0].kernel()
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
-    lr_tab = np.stack([_step_table("lr", s, n_steps, D, False) for s in lr_tabs])
-    clip_tab = np.stack([_step_table("clip", s, n_steps, D, True) for s in clip_tabs])
-    bounds = np.stack([np.concatenate([[0], steps[:-1]]), steps], axis=1).astype(np.int32)
-    chunk = chunk_size(problem.d, chunk)
-    risk = _simulate_core(
-        jnp.asarray(np.sqrt(problem.eigenvalues), dt),
-        jnp.asarray(problem.initial_error, dt),
-        jnp.asarray(1.0 / D, dt),
-        jnp.asarray(math.sqrt(D), dt),
-        jnp.asarray(lr_tab, dt),
-        jnp.asarray(clip_tab, dt),
-        *_check_seed(seed, first_run, runs),
-        jnp.asarray(bounds),
-        problem.noise,
-        chunk,
-        runs,
-    )
-    risk = np.asarray(risk, dtype=np.float64)
+    per_cell = [alg.step_tables(n_steps, D) for alg in algorithms]
+    tables = {name: np.stack([cell[name] for cell in per_cell]) for name in per_cell[0]}
+    batch = algorithms[0].samples_per_step()
+    chunk = chunk_size(problem.d * batch, chunk, minimum=16 if batch == 1 else 1)
+    seed_, first_ = check_seed(seed, first_run, runs)
+    inputs = {
+        "model": {
+            "sqrt_lam": jnp.asarray(np.sqrt(problem.eigenvalues), dt),
+            "inv_D": jnp.asarray(1.0 / D, dt),
+            "sqrt_D": jnp.asarray(math.sqrt(D), dt),
+        },
+        "e0": jnp.asarray(problem.initial_error, dt),
+        "tables": {k: jnp.asarray(v, dt) for k, v in tables.items()},
+        "seed": seed_,
+        "first_run": first_,
+        "bounds": jnp.asarray(interval_bounds(steps)),
+    }
+    records = _simulate_core(inputs, kernel, problem.noise, chunk, runs)
+    risk = np.asarray(records["risk"], dtype=np.float64)
     risk, diverged, when = mark_divergence(risk, t, threshold)
-    return t, steps, risk, diverged, when
+    t_true = steps / D  # the times actually simulated (steps rounded)
+    return t, t_true, steps, risk, diverged, when, batch
 
 
 def simulate(
     problem: Problem,
-    lr,
+    algorithm,
     clip=None,
     T=None,
     runs: int = 16,
@@ -236,31 +123,37 @@ def simulate(
     divergence_threshold=None,
     run_chunk: int = DEFAULT_RUN_CHUNK,
 ) -> RiskPaths:
-    """Run streaming (clipped) SGD ``runs`` times and record the excess risk.
+    """Run streaming SGD with any algorithm ``runs`` times and record the excess risk.
+
+    ``simulate(problem, ClippedSGD(lr, clip, batch=B, clip_mode=...), T=..., runs=...)``; the
+    v0.1 form ``simulate(problem, lr, clip, ...)`` is the same as ``ClippedSGD(lr, clip)``
+    (bit-identical).
 
     Args:
         problem: the :class:`Problem` (spectrum, x0, x*, noise).
-        lr: gamma (step gamma / D): a number > 0, a callable of t, or (times, values).
-        clip: c in residual units (gradient clipped at norm c sqrt(D)); None / inf = plain SGD.
-            Same forms as ``lr``.
+        algorithm: an algorithm object (:class:`ClippedSGD`, ...), or the learning rate gamma
+            (step gamma / D: a number > 0, a callable of t, or (times, values)) with ``clip``.
+        clip: with a learning rate only: c in residual units (gradient clipped at norm
+            c sqrt(D)); None / inf = plain SGD. Same forms as ``lr``.
         T: horizon (round(T D) steps). Optional when ``times`` is given.
         runs, seed, first_run: runs ``first_run .. first_run + runs - 1`` of stream ``seed``.
         times: record times (exactly those); default ``n_records`` even points on [0, T].
         dtype: "float32" (default) or "float64" (needs jax_enable_x64).
         divergence_threshold: risk above this counts as diverged (default 1e12 max(R0, 1)).
-        run_chunk: runs advanced together (vectorised); default a power of two set by d alone.
-            Results are bit-identical for a given ``run_chunk`` whatever ``runs`` and
+        run_chunk: runs advanced together (vectorised); default a power of two set by d (x batch)
+            alone. Results are bit-identical for a given ``run_chunk`` whatever ``runs`` and
             ``first_run``. Raise it on a GPU.
 
     Returns:
-        :class:`RiskPaths` with ``.t``, ``.risk`` (runs x len(t)), ``.diverged``.
+        :class:`RiskPaths` with ``.t``, ``.risk`` (runs x len(t)), ``.diverged``, ``.samples``
+        (examples used up to each record time: batch x steps).
 
-    References: arXiv 2406.11733, clipped SGD (Sec. 2); SPEC sections 1-2.
+    References: arXiv 2406.11733, clipped SGD (Sec. 2); SPEC sections 1-2, 8, 13.
     """
-    t, steps, risk, diverged, when = _run(
+    alg = as_algorithm(algorithm, clip, "simulate")
+    t, t_true, steps, risk, diverged, when, batch = _run(
         problem,
-        [lr],
-        [clip],
+        [alg],
         T,
         runs,
         seed,
@@ -273,8 +166,8 @@ def simulate(
     )
     params = {
         "kind": "sgd",
-        "lr": describe_schedule(lr),
-        "clip": describe_schedule(clip),
+        **_legacy_fields(alg),
+        "algorithm": alg.describe(),
         "T": float(t[-1]),
         "runs": runs,
         "seed": seed,
@@ -282,13 +175,19 @@ def simulate(
         "dtype": str(dtype),
         "problem": problem.describe(),
     }
-    return RiskPaths(t, risk[0], diverged[0], when[0], params)
+    return RiskPaths(t, risk[0], diverged[0], when[0], params, samples=batch * steps)
+
+
+def _legacy_fields(alg):
+    """lr and clip at the top level of params, as v0.1 wrote them."""
+    desc = alg.describe()
+    return {k: desc[k] for k in ("lr", "clip") if k in desc}
 
 
 def sweep(
     problem: Problem,
     lrs,
-    clips,
+    clips=None,
     T=None,
     runs: int = 16,
     seed: int = 0,
@@ -298,38 +197,67 @@ def sweep(
     dtype="float32",
     divergence_threshold=None,
     run_chunk: int = DEFAULT_RUN_CHUNK,
+    algorithm=None,
 ) -> RiskPaths:
-    """Clipped SGD over the grid lrs x clips in one compiled program (same random stream per cell).
+    """An algorithm over the grid lrs x clips in one compiled program (same random stream per cell).
 
-    ``clips`` may contain None / inf (no clipping). Returns :class:`RiskPaths` whose ``risk`` has
-    shape (len(lrs), len(clips), runs, len(t)); ``params['lrs']`` and ``params['clips']`` hold
-    the grid.
+    ``sweep(problem, lrs, clips, ...)`` sweeps :class:`ClippedSGD` (batch 1);
+    ``sweep(problem, lrs, clips, algorithm=ClippedSGD(1.0, batch=16, clip_mode="mean"))``
+    sweeps that algorithm's lr and clip (its other settings held); ``sweep(problem, algorithm,
+    clips)`` holds its lr. ``clips`` may contain None / inf (no clipping). Returns
+    :class:`RiskPaths` whose ``risk`` has shape (len(lrs), len(clips), runs, len(t));
+    ``params['lrs']`` and ``params['clips']`` hold the grid. A new grid of the same shape never
+    recompiles; a new batch size compiles once.
     """
-    lrs = [V.positive("lr", x) for x in lrs]
-    clips = [math.inf if c is None else V.positive("clip", c, allow_inf=True) for c in clips]
-    if not lrs or not clips:
-        raise ValueError("lrs and clips must each hold at least one value")
-    lr_cells = [lr for lr in lrs for _ in clips]
-    clip_cells = [c for _ in lrs for c in clips]
-    t, steps, risk, diverged, when = _run(
+    from ._clipped_sgd import ClippedSGD
+
+    base = algorithm if algorithm is not None else ClippedSGD(1.0, None)
+    if isinstance(lrs, Algorithm):  # sweep(problem, algorithm, clips): lr held at its value
+        if algorithm is not None:
+            raise ValueError("sweep: give the algorithm once (second argument or algorithm=)")
+        base, lrs = lrs, [lrs.lr]
+        clips = [base.clip] if clips is None else clips
+    if not isinstance(base, Algorithm):
+        raise ValueError(f"algorithm must be an algorithm such as ClippedSGD, got {base!r}")
+    if clips is None:
+        raise ValueError("clips must be a list of thresholds > 0 (None for no clipping)")
+    return _sweep(
         problem,
-        lr_cells,
-        clip_cells,
+        base,
+        lrs,
+        clips,
         T,
         runs,
         seed,
         times,
         n_records,
         dtype,
-        0,
         divergence_threshold,
         run_chunk,
+    )
+
+
+def _sweep(problem, base, lrs, clips, T, runs, seed, times, n_records, dtype, threshold, chunk):
+    if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
+        raise ValueError(f"lrs must be a list of learning rates > 0, got {lrs!r}")
+    if isinstance(clips, (str, bytes)) or not hasattr(clips, "__iter__"):
+        raise ValueError(
+            f"clips must be a list of thresholds > 0 (None for no clipping), got {clips!r}"
+        )
+    lrs = [V.positive("lr", x) for x in lrs]
+    clips = [math.inf if c is None else V.positive("clip", c, allow_inf=True) for c in clips]
+    if not lrs or not clips:
+        raise ValueError("lrs and clips must each hold at least one value")
+    cells = [base.replace(lr=lr, clip=c) for lr in lrs for c in clips]
+    t, t_true, steps, risk, diverged, when, batch = _run(
+        problem, cells, T, runs, seed, times, n_records, dtype, 0, threshold, chunk
     )
     shape = (len(lrs), len(clips))
     params = {
         "kind": "sgd-sweep",
         "lrs": lrs,
         "clips": clips,
+        "algorithm": base.describe(),
         "T": float(t[-1]),
         "runs": runs,
         "seed": seed,
@@ -342,14 +270,5 @@ def sweep(
         diverged.reshape(shape + (runs,)),
         when.reshape(shape + (runs,)),
         params,
+        samples=batch * steps,
     )
-
-
-def describe_schedule(schedule):
-    if schedule is None or isinstance(schedule, (int, float)):
-        return schedule
-    if isinstance(schedule, RiskSchedule):
-        return schedule.name
-    if callable(schedule):
-        return f"callable {getattr(schedule, '__name__', type(schedule).__name__)}"
-    return "array schedule"

@@ -4,6 +4,13 @@ Used by the ODE (mu, nu as functions of R) and by the max-CCC schedule (c*(R)): 
 is tabulated the first time a risk falls in it (``per_decade`` + 1 points, one vectorised call),
 then interpolated by a cubic spline in log R. A risk path crossing two decades costs two small
 vectorised evaluations instead of one per ODE step.
+
+Non-finite values (c* = inf where no finite clip helps, log 0 = -inf) are never splined through:
+a decade holding one is split at each finite / non-finite boundary, the boundary is located by
+bisection on ``fn`` itself (to ``boundary_tol`` in log R, not at a table node), every finite run
+is re-tabulated on its own uniform nodes (spacing at most the decade's) and splined, and the
+non-finite runs return the non-finite value. The accuracy is then that of the spline on every
+finite run, whatever the law.
 """
 
 from __future__ import annotations
@@ -13,63 +20,163 @@ import math
 
 import numpy as np
 
+_LOG10 = math.log(10)
 
-class LazyLogTable:
-    """``fn(R_array) -> array (n, k)`` of finite or +inf values, interpolated per decade of R.
 
-    Decades holding an inf use piecewise-linear interpolation and return inf on any interval
-    touching an inf node (no spline through infinities).
+class _Piecewise:
+    """One column of a decade holding non-finite values: pieces on sorted breakpoints.
+
+    ``starts[i]`` is where piece ``i`` begins (the first is -inf); a piece is either a cubic
+    spline (scipy ``CubicSpline``) or a constant (the non-finite value).
     """
 
-    def __init__(self, fn, per_decade: int = 24):
+    def __init__(self, starts, pieces):
+        self.starts = starts
+        self.pieces = pieces
+
+    def at(self, logr: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(self.starts, logr, side="right") - 1
+        out = np.empty(logr.shape)
+        for i in np.unique(idx):
+            sel = idx == i
+            piece = self.pieces[int(i)]
+            out[sel] = piece(logr[sel]) if callable(piece) else piece
+        return out
+
+    def scalar(self, lr: float) -> float:
+        piece = self.pieces[bisect.bisect_right(self.starts, lr) - 1]
+        return float(piece(lr)) if callable(piece) else piece
+
+
+class LazyLogTable:
+    """``fn(R_array) -> array (n, k)`` of finite or non-finite values, interpolated per decade of R.
+
+    Finite values are read from cubic splines in log R; a decade holding non-finite values is
+    split at the finite / non-finite boundaries, located by bisection on ``fn`` to
+    ``boundary_tol`` in log R (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        fn,
+        per_decade: int = 24,
+        *,
+        boundary_tol: float = 1e-10,
+        refine_tol: float = 1e-7,
+        max_refine: int = 12,
+    ):
         self.fn = fn
         self.per_decade = per_decade
+        self.boundary_tol = boundary_tol
+        self.refine_tol = refine_tol
+        self.max_refine = max_refine
         self.decades = {}
+
+    def _eval(self, x):
+        return np.asarray(self.fn(np.exp(x)), dtype=np.float64).reshape(np.size(x), -1)
 
     def _decade(self, k):
         if k not in self.decades:
-            x = np.linspace(k, k + 1, self.per_decade + 1) * math.log(10)
-            y = np.asarray(self.fn(np.exp(x)), dtype=np.float64).reshape(x.size, -1)
-            finite = bool(np.all(np.isfinite(y)))
-            from scipy.interpolate import CubicSpline  # deferred: keeps `import clipped_trip` fast
+            x = np.linspace(k, k + 1, self.per_decade + 1) * _LOG10
+            y = self._eval(x)
+            if np.all(np.isfinite(y)):
+                from scipy.interpolate import CubicSpline  # deferred: keeps the import fast
 
-            spline = CubicSpline(x, y, axis=0) if finite else None
-            # x.tolist() and the coefficients as lists serve the scalar fast path
-            coef = spline.c.tolist() if spline is not None else None
-            self.decades[k] = (x, y, spline, x.tolist(), coef)
+                spline = CubicSpline(x, y, axis=0)
+                # x.tolist() and the coefficients as lists serve the scalar fast path
+                self.decades[k] = (x, y, spline, x.tolist(), spline.c.tolist())
+            else:
+                columns = [self._split_column(x, y[:, j], j) for j in range(y.shape[1])]
+                self.decades[k] = (x, y, columns, None, None)
         return self.decades[k]
+
+    def _boundary(self, j, a, b, left_finite):
+        """Shrink [a, b] (fn finite at a iff ``left_finite``, the other way at b) to a bracket of
+        the status change narrower than ``boundary_tol``: 15 points per vectorised call."""
+        while b - a > self.boundary_tol:
+            xs = np.linspace(a, b, 17)[1:-1]
+            changed = np.nonzero(np.isfinite(self._eval(xs)[:, j]) != left_finite)[0]
+            if changed.size == 0:
+                a = xs[-1]
+            else:
+                i = int(changed[0])
+                a, b = (xs[i - 1] if i > 0 else a), xs[i]
+        return a, b
+
+    def _split_column(self, x, y, j) -> _Piecewise:
+        finite = np.isfinite(y)
+        # runs of equal status: [(start, end, is_finite, first node, last node)]; a run ends at
+        # the bracket side of its own status, the next one starts at the other side
+        runs = []
+        start, first = x[0], 0
+        for i in range(x.size - 1):
+            if finite[i] != finite[i + 1]:
+                a, b = self._boundary(j, x[i], x[i + 1], bool(finite[i]))
+                runs.append((start, a, bool(finite[i]), first, i))
+                start, first = b, i + 1
+        runs.append((start, x[-1], bool(finite[-1]), first, x.size - 1))
+        starts, pieces = [], []
+        for s, e, is_finite, i0, i1 in runs:
+            starts.append(-math.inf if not starts else s)
+            if not is_finite:
+                vals = y[i0 : i1 + 1]
+                pieces.append(float(vals[0]) if np.all(vals == vals[0]) else math.inf)
+                continue
+            pieces.append(self._fit_run(j, s, e, x[1] - x[0]))
+        return _Piecewise(np.array(starts), pieces)
+
+    def _fit_run(self, j, s, e, h):
+        """Spline of column ``j`` on a finite run [s, e] cut at a boundary: uniform nodes (spacing
+        <= ``h``), then midpoints inserted where the spline misses ``fn`` by > ``refine_tol`` (the
+        function may steepen towards the boundary)."""
+        from scipy.interpolate import CubicSpline
+
+        if e <= s:
+            return float(self._eval(np.array([s]))[0, j])
+        nodes = np.linspace(s, e, max(4, math.ceil((e - s) / h - 1e-9)) + 1)
+        vals = self._eval(nodes)[:, j]
+        ok = np.isfinite(vals)  # a second status change inside one bracket: not resolved
+        nodes, vals = nodes[ok], vals[ok]
+        if nodes.size < 2:
+            return float(vals[0]) if nodes.size else math.inf
+        spline = CubicSpline(nodes, vals)
+        for _ in range(self.max_refine):
+            mids = 0.5 * (nodes[:-1] + nodes[1:])
+            fm = self._eval(mids)[:, j]
+            bad = np.isfinite(fm) & (np.abs(spline(mids) - fm) > self.refine_tol)
+            if not bad.any():
+                break
+            nodes = np.concatenate([nodes, mids[bad]])
+            vals = np.concatenate([vals, fm[bad]])
+            order = np.argsort(nodes)
+            nodes, vals = nodes[order], vals[order]
+            spline = CubicSpline(nodes, vals)
+        return spline
 
     def __call__(self, risk):
         """Values at the risks (array (len, k)); risk must be > 0."""
         R = np.atleast_1d(np.asarray(risk, dtype=np.float64))
         logr = np.log(R)
-        dec = np.floor(logr / math.log(10)).astype(int)
+        dec = np.floor(logr / _LOG10).astype(int)
         out = np.empty((R.size, self._decade(int(dec[0]))[1].shape[1]))
         for k in np.unique(dec):
-            x, y, spline, _, _ = self._decade(int(k))
+            _, _, interp, xl, _ = self._decade(int(k))
             sel = dec == k
-            if spline is not None:
-                out[sel] = spline(logr[sel])
+            if xl is not None:
+                out[sel] = interp(logr[sel])
             else:
-                j = np.clip(np.searchsorted(x, logr[sel]), 1, x.size - 1)
-                f = ((logr[sel] - x[j - 1]) / (x[j] - x[j - 1]))[:, None]
-                with np.errstate(invalid="ignore"):
-                    lin = (1 - f) * y[j - 1] + f * y[j]
-                out[sel] = np.where(np.isinf(y[j - 1]) | np.isinf(y[j]), np.inf, lin)
+                for j, column in enumerate(interp):
+                    out[sel, j] = column.at(logr[sel])
         return out
 
     def scalar(self, risk: float):
         """Fast path for one risk > 0 (the ODE's right-hand side): a tuple of k floats."""
         lr = math.log(risk)
-        k = math.floor(lr / math.log(10))
-        x, y, spline, xl, coef = self._decade(k)
+        k = math.floor(lr / _LOG10)
+        _, _, interp, xl, coef = self._decade(k)
+        if xl is None:
+            return tuple(column.scalar(lr) for column in interp)
         j = min(max(bisect.bisect_right(xl, lr) - 1, 0), len(xl) - 2)
-        if spline is None:
-            f = (lr - xl[j]) / (xl[j + 1] - xl[j])
-            return tuple(
-                math.inf if (math.isinf(a) or math.isinf(b)) else (1 - f) * a + f * b
-                for a, b in zip(y[j], y[j + 1])
-            )
         h = lr - xl[j]
         c0, c1, c2, c3 = (coef[p][j] for p in range(4))  # highest power first
         return tuple(((a * h + b) * h + c) * h + d for a, b, c, d in zip(c0, c1, c2, c3))
