@@ -18,6 +18,7 @@ from ._clipped_sgd import ClippedSGD
 from ._config import enable_compilation_cache
 from ._criteria import (
     ccc,
+    critical_batch,
     critical_lr,
     csc,
     heuristic_schedule,
@@ -76,6 +77,7 @@ __all__ = [
     "ccc",
     "csc",
     "critical_lr",
+    "critical_batch",
     "optimal_clip",
     "max_ccc",
     "max_ccc_schedule",

@@ -44,10 +44,19 @@ class Algorithm:
         return 1
 
 
-def as_algorithm(lr_or_algorithm, clip, where: str):
-    """The v0.1 shorthand ``f(problem, lr, clip)`` is ``f(problem, ClippedSGD(lr, clip))``."""
+def as_algorithm(lr_or_algorithm, clip, where: str, lr=None):
+    """The v0.1 shorthand ``f(problem, lr, clip)`` is ``f(problem, ClippedSGD(lr, clip))``.
+
+    ``lr`` is the v0.1 keyword (``f(problem, lr=0.5, clip=1.0)``).
+    """
     from ._clipped_sgd import ClippedSGD
 
+    if lr is not None:
+        if lr_or_algorithm is not None:
+            raise ValueError(f"{where}: give either an algorithm or lr=, not both")
+        lr_or_algorithm = lr
+    if lr_or_algorithm is None:
+        raise ValueError(f"{where}: give an algorithm (e.g. ClippedSGD(lr, clip)) or lr")
     if isinstance(lr_or_algorithm, Algorithm):
         if clip is not None:
             raise ValueError(

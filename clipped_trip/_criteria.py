@@ -17,6 +17,7 @@ from ._schedules import RiskSchedule
 from ._tables import LazyLogTable
 
 __all__ = [
+    "critical_batch",
     "ccc",
     "csc",
     "critical_lr",
@@ -39,16 +40,32 @@ def _no_clip(clip):
     return np.isinf(np.inf if clip is None else np.asarray(clip, dtype=np.float64))
 
 
-def ccc(noise: NoiseLaw, risk, clip):
+def ccc(noise: NoiseLaw, risk, clip, *, batch: int = 1, clip_mode: str = "per-example"):
     """Clipping comparison criterion mu^2 (2R + Var) / nu; > 1 means clipping is faster.
 
     Infinite where the noise variance is (Cauchy): any clipping beats divergent unclipped SGD.
-    References: arXiv 2406.11733, CCC; SPEC section 5.
+    Mini-batches (SPEC 8B.4): per-example clipping keeps the batch-1 value at every ``batch``
+    (its noise is nu / B, as unclipped SGD's is (2R + Var) / B); clip of the mean has
+    CCC_B = mu_B^2 (2R + Var) / (B nu_B), which tends to 1 as the batch grows.
+    References: arXiv 2406.11733, CCC; SPEC sections 5 and 8B.4.
     """
+    batch = V.count("batch", batch)
+    _check_mode(clip_mode)
+    if clip_mode == "mean" and batch > 1:
+        from ._batch_factors import mean_clip_ccc
+
+        if np.all(_no_clip(clip)):
+            return np.ones(np.shape(risk))
+        return np.where(_no_clip(clip), 1.0, mean_clip_ccc(noise, risk, clip, batch))
     mu, nu = reduction_factors(noise, risk, clip)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = np.where(nu > 0, mu * mu * _total(noise, risk) / nu, np.inf)
     return np.where(_no_clip(clip), 1.0, value)
+
+
+def _check_mode(clip_mode):
+    if clip_mode not in ("per-example", "mean"):
+        raise ValueError(f"clip_mode must be per-example or mean, got {clip_mode!r}")
 
 
 def csc(noise: NoiseLaw, risk, clip):
@@ -62,12 +79,146 @@ def csc(noise: NoiseLaw, risk, clip):
     return np.where(_no_clip(clip), 1.0, value)
 
 
-def critical_lr(noise: NoiseLaw, risk, clip):
-    """Largest stable learning rate with the factors frozen at ``risk``: 2 mu / G (2 unclipped).
+def critical_lr(
+    noise: NoiseLaw,
+    risk,
+    clip,
+    *,
+    batch: int = 1,
+    clip_mode: str = "per-example",
+    eigenvalues=None,
+):
+    """Largest stable learning rate with the factors frozen at ``risk``.
 
-    References: arXiv 2406.11733, stability of clipped SGD; SPEC section 5.
+    Without ``eigenvalues``: the leading ODE's bound 2 mu (2R + Var) / nu_eff (batch 1: 2 mu / G,
+    the paper's; per-example batch B: B times that; clip of the mean: mu_B, nu_B). With the
+    spectrum ``eigenvalues``: the stability boundary of the one-step map (SPEC 8A.4), which adds
+    the per-mode limit |1 - eta mu lambda_max| < 1 and the O(h) terms: the exact boundary
+    2 B D / (D + B + 1) for unclipped isotropic SGD, ~2B for B << D / lambda_max and
+    ~2 D / (mu lambda_max) for B >> D / lambda_max. The noise factor is frozen as
+    nu_eff = G_eff (2R + Var), the paper's linearisation (no feedback for infinite variance).
+
+    References: arXiv 2406.11733, stability of clipped SGD; SPEC sections 5, 8A.4.
     """
-    return 2.0 * csc(noise, risk, clip)
+    batch = V.count("batch", batch)
+    _check_mode(clip_mode)
+    mu, nu_eff, kap = _batch_factors_frozen(noise, risk, clip, batch, clip_mode, eigenvalues)
+    total = _total(noise, risk)
+    if eigenvalues is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            leading = np.where(nu_eff > 0, 2.0 * (mu * total / nu_eff), np.inf)
+        return np.where(_no_clip(clip), 2.0 * batch, leading)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g_eff = np.where(np.isfinite(total), nu_eff / total, 0.0)  # nu_eff = g_eff (2R + Var)
+    lam = V.vector("eigenvalues", eigenvalues, nonneg=True)
+    lam = lam[lam > 0]
+    if lam.size == 0:
+        raise ValueError("eigenvalues must have at least one positive entry")
+    shape = np.shape(mu)
+    out = np.array(
+        [
+            _map_boundary(lam, float(m), float(g), float(k), batch, clip_mode == "mean")
+            for m, g, k in zip(*(np.ravel(np.broadcast_to(x, shape)) for x in (mu, g_eff, kap)))
+        ]
+    )
+    return out.reshape(shape) if shape else float(out[0])
+
+
+def _batch_factors_frozen(noise, risk, clip, batch, clip_mode, eigenvalues):
+    """(mu, nu_eff, kap) at (risk, clip): per-example nu / B; clip of the mean mu_B, nu_B."""
+    c = np.asarray(np.inf if clip is None else clip, dtype=np.float64)
+    R = np.asarray(risk, dtype=np.float64)
+    if clip_mode == "mean" and batch > 1 and not np.all(np.isinf(c)):
+        from ._batch_factors import mean_clip_factors
+
+        mu, nu = mean_clip_factors(noise, R, np.where(np.isinf(c), 1.0, c), batch)
+        mu = np.where(np.isinf(c), 1.0, mu)
+        nu = np.where(np.isinf(c), _total(noise, R) / batch, nu)
+        kap = np.where(np.isinf(c), 2.0, np.nan)
+        return mu, nu, kap
+    mu, nu = reduction_factors(noise, R, c)
+    kap = np.full(np.shape(mu), 2.0)
+    if eigenvalues is not None and not np.all(np.isinf(c)):
+        from ._batch_factors import stein_curvature
+
+        kap = np.asarray(stein_curvature(noise, R, c), dtype=np.float64) * np.ones(np.shape(mu))
+    return mu, nu / batch, kap
+
+
+def _map_boundary(lam, mu, g_eff, kap, batch, mean_mode):
+    """Largest gamma with the frozen-factor map of E[v] stable (bisection in log gamma).
+
+    The map is v' = diag(a) v + eta^2 g_eff lambda (lambda . v): with a_i < 1 for all i it is
+    stable iff sum_i eta^2 g_eff lambda_i^2 / (1 - a_i) < 1 (a positive rank-one update).
+    """
+    D = float(lam.sum())
+    extra = 0.0 if (mean_mode and math.isnan(kap)) else (kap - mu * mu) / batch
+
+    def stable(gamma):
+        eta = gamma / D
+        a = (1.0 - eta * mu * lam) ** 2 + eta * eta * lam * lam * extra
+        if np.any(a >= 1.0):
+            return False
+        return float(np.sum(eta * eta * g_eff * lam * lam / (1.0 - a))) < 1.0
+
+    hi = 2.0 * D / (mu * lam.max()) * 1.000001 + 1e-300  # beyond: the stiffest mode is unstable
+    if stable(hi):
+        return hi
+    lo = hi * 1e-12
+    if not stable(lo):
+        return 0.0
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if stable(mid) else (lo, mid)
+        if hi / lo - 1 < 1e-12:
+            break
+    return lo
+
+
+def critical_batch(problem, clip=None, *, risk=None, clip_mode: str = "per-example") -> float:
+    """The batch beyond which a larger batch no longer buys proportionally fewer steps.
+
+    Below it the largest stable learning rate grows like B (linear scaling: the leading ODE's
+    bound B 2 mu (2R + Var) / nu); above it the stiffest mode caps it at 2 D / (mu lambda_max).
+    The two meet at B* = (D / lambda_max) nu / (mu^2 (2R + Var)) = intrinsic dimension / CCC for
+    per-example clipping (unclipped: the intrinsic dimension D / lambda_max). Clip of the mean:
+    the B where 2 mu_B (2R + Var) / nu_B reaches 2 D / (mu_B lambda_max) (bisection in B). Factors
+    at ``risk`` (default the problem's initial risk). At least 1.
+
+    References: SPEC section 8A.4 (the critical batch size); McCandlish et al. 2018 for the term.
+    """
+    from ._problem import Problem
+
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
+    _check_mode(clip_mode)
+    R = problem.initial_risk if risk is None else V.nonnegative("risk", risk)
+    noise = problem.noise
+    intrinsic = problem.D / float(problem.eigenvalues.max())
+    total = float(_total(noise, R))
+    if _no_clip(clip):
+        return intrinsic if math.isfinite(total) else math.inf
+    if not math.isfinite(total):
+        return 1.0  # infinite variance: no gradient-noise bound, the stiffest mode caps every B
+    if clip_mode == "per-example":
+        return max(1.0, intrinsic / float(ccc(noise, R, clip)))
+
+    def gap(B):
+        mu, nu, _ = _batch_factors_frozen(noise, R, clip, B, "mean", None)
+        mu, nu = float(mu), float(nu)
+        return 2.0 * mu * total / nu - 2.0 * problem.D / (mu * float(problem.eigenvalues.max()))
+
+    if gap(1) >= 0:
+        return 1.0
+    lo, hi = 1, 2
+    while gap(hi) < 0:
+        lo, hi = hi, hi * 2
+        if hi > 2**24:
+            return math.inf
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if gap(mid) < 0 else (lo, mid)
+    return float(hi)
 
 
 def _ratio(noise, risk, clip):
@@ -151,7 +302,13 @@ def max_ccc(noise: NoiseLaw, risk):
 
 
 class _TabulatedClip:
-    """c*(R) from a lazily built table in log R (inf where no finite c helps)."""
+    """c*(R) from a lazily built table in log R (inf where no finite c helps).
+
+    c* jumps from a finite value to inf where clipping stops helping (three-point, Laplace,
+    exponential noise...): the table splits its decades there, the jump located by bisection on
+    ``optimal_clip`` to 1e-10 in log R, and splines each finite run on its own nodes.
+    ``breaks(lo, hi)`` returns those jumps (brackets in log R) for tables of functions of c*(R).
+    """
 
     def __init__(self, noise, per_decade):
         self.noise = noise
@@ -161,6 +318,9 @@ class _TabulatedClip:
         R = np.maximum(np.asarray(risk, dtype=np.float64), 1e-300)
         return np.exp(self.table(R)[:, 0]).reshape(R.shape)
 
+    def breaks(self, lo, hi):
+        return self.table.jumps(lo, hi)
+
 
 def max_ccc_schedule(noise: NoiseLaw, *, per_decade: int = 12) -> RiskSchedule:
     """The optimal schedule (Theorem 3): c*(R) = argmax mu^2/nu with learning rate gamma / mu.
@@ -168,7 +328,8 @@ def max_ccc_schedule(noise: NoiseLaw, *, per_decade: int = 12) -> RiskSchedule:
     c*(R) is optimised once per tabulated risk (``per_decade`` points per decade of R, built
     lazily as the risk path visits a decade) and interpolated by cubic splines in log R, so an
     ODE solve has no optimiser inside its steps. Interpolation errors in c* enter the ODE only at
-    second order: nu / mu^2 is stationary at c*.
+    second order: nu / mu^2 is stationary at c*. Where c* jumps to inf (no finite clip helps) the
+    jump is located by bisection on the optimiser and never interpolated across.
     """
     if not isinstance(noise, NoiseLaw):
         raise ValueError(f"noise must be a NoiseLaw, got {type(noise).__name__}")

@@ -149,11 +149,12 @@ def _iterate_map(eq, layout, y0, steps, threshold, risk_of):
 
 def solve_ode(
     problem: Problem,
-    algorithm,
+    algorithm=None,
     clip=None,
     T=None,
     times=None,
     *,
+    lr=None,
     n_records: int = 201,
     method: str = "auto",
     rtol: float = 1e-10,
@@ -197,7 +198,7 @@ def solve_ode(
     """
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
-    alg = as_algorithm(algorithm, clip, "solve_ode")
+    alg = as_algorithm(algorithm, clip, "solve_ode", lr)
     if not isinstance(method, str):
         raise ValueError(
             f"method must be 'auto', 'map', 'rk4' or a scipy OdeSolver name, got {method!r}"

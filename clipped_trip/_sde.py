@@ -117,7 +117,7 @@ def _sde_core(inputs, keys, mode, chunk):
 
 def simulate_sde(
     problem: Problem,
-    algorithm,
+    algorithm=None,
     clip=None,
     T=None,
     runs: int = 16,
@@ -125,6 +125,7 @@ def simulate_sde(
     dt: float = 0.01,
     times=None,
     *,
+    lr=None,
     n_records: int = 101,
     dtype="float32",
     first_run: int = 0,
@@ -140,7 +141,7 @@ def simulate_sde(
 
     References: arXiv 2406.11733, C-HSGD (Sec. 3); SPEC sections 4 and 8.
     """
-    alg = as_algorithm(algorithm, clip, "simulate_sde")
+    alg = as_algorithm(algorithm, clip, "simulate_sde", lr)
     runs, first_run, threshold = check_run_args(
         problem, Problem, runs, first_run, divergence_threshold
     )

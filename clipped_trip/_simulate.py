@@ -110,13 +110,14 @@ def _run(problem, algorithms, T, runs, seed, times, n_records, dtype, first_run,
 
 def simulate(
     problem: Problem,
-    algorithm,
+    algorithm=None,
     clip=None,
     T=None,
     runs: int = 16,
     seed: int = 0,
     times=None,
     *,
+    lr=None,
     n_records: int = 101,
     dtype="float32",
     first_run: int = 0,
@@ -150,7 +151,7 @@ def simulate(
 
     References: arXiv 2406.11733, clipped SGD (Sec. 2); SPEC sections 1-2, 8, 13.
     """
-    alg = as_algorithm(algorithm, clip, "simulate")
+    alg = as_algorithm(algorithm, clip, "simulate", lr)
     t, t_true, steps, risk, diverged, when, batch = _run(
         problem,
         [alg],

@@ -24,15 +24,16 @@ _LOG10 = math.log(10)
 
 
 class _Piecewise:
-    """One column of a decade holding non-finite values: pieces on sorted breakpoints.
+    """One column of a decade holding non-finite values or jumps: pieces on sorted breakpoints.
 
     ``starts[i]`` is where piece ``i`` begins (the first is -inf); a piece is either a cubic
     spline (scipy ``CubicSpline``) or a constant (the non-finite value).
     """
 
-    def __init__(self, starts, pieces):
+    def __init__(self, starts, pieces, jumps):
         self.starts = starts
         self.pieces = pieces
+        self.jumps = jumps  # [(a, b)]: piece i ends at a, piece i + 1 starts at b
 
     def at(self, logr: np.ndarray) -> np.ndarray:
         idx = np.searchsorted(self.starts, logr, side="right") - 1
@@ -53,7 +54,9 @@ class LazyLogTable:
 
     Finite values are read from cubic splines in log R; a decade holding non-finite values is
     split at the finite / non-finite boundaries, located by bisection on ``fn`` to
-    ``boundary_tol`` in log R (see the module docstring).
+    ``boundary_tol`` in log R (see the module docstring). ``breaks(lo, hi)``, if given, returns
+    the jumps of ``fn`` between log R = lo and hi as brackets ``[(a, b), ...]`` (``fn`` smooth up to
+    a and from b on): the decade is split there too, never splined across a jump.
     """
 
     def __init__(
@@ -61,12 +64,14 @@ class LazyLogTable:
         fn,
         per_decade: int = 24,
         *,
+        breaks=None,
         boundary_tol: float = 1e-10,
-        refine_tol: float = 1e-7,
-        max_refine: int = 12,
+        refine_tol: float = 1e-9,
+        max_refine: int = 5,
     ):
         self.fn = fn
         self.per_decade = per_decade
+        self.breaks = breaks
         self.boundary_tol = boundary_tol
         self.refine_tol = refine_tol
         self.max_refine = max_refine
@@ -75,18 +80,47 @@ class LazyLogTable:
     def _eval(self, x):
         return np.asarray(self.fn(np.exp(x)), dtype=np.float64).reshape(np.size(x), -1)
 
+    def _nodes(self, s, e, h):
+        """Uniform nodes on [s, e], spacing at most ``h``, at least 5 of them."""
+        return np.linspace(s, e, max(4, math.ceil((e - s) / h - 1e-9)) + 1)
+
     def _decade(self, k):
         if k not in self.decades:
             x = np.linspace(k, k + 1, self.per_decade + 1) * _LOG10
-            y = self._eval(x)
-            if np.all(np.isfinite(y)):
+            h = x[1] - x[0]
+            cuts = []
+            for a, b in sorted(self.breaks(x[0], x[-1])) if self.breaks is not None else []:
+                a, b = max(a, x[0]), min(b, x[-1])
+                if cuts and a <= cuts[-1][1]:  # overlapping brackets: merge
+                    cuts[-1] = (cuts[-1][0], max(b, cuts[-1][1]))
+                elif a <= b:
+                    cuts.append((a, b))
+            if not cuts:
+                y = self._eval(x)
+                segments = [(x, y)]
+            else:  # smooth segments between the jumps, each on its own nodes
+                ends = [x[0]] + [v for ab in cuts for v in ab] + [x[-1]]
+                segments = []
+                for s, e in zip(ends[::2], ends[1::2]):
+                    xs = self._nodes(s, e, h) if e > s else np.array([s])
+                    segments.append((xs, self._eval(xs)))
+                y = segments[0][1]
+            if len(segments) == 1 and np.all(np.isfinite(y)):
                 from scipy.interpolate import CubicSpline  # deferred: keeps the import fast
 
                 spline = CubicSpline(x, y, axis=0)
                 # x.tolist() and the coefficients as lists serve the scalar fast path
                 self.decades[k] = (x, y, spline, x.tolist(), spline.c.tolist())
             else:
-                columns = [self._split_column(x, y[:, j], j) for j in range(y.shape[1])]
+                columns = []
+                for j in range(y.shape[1]):
+                    starts, pieces, jumps = [], [], []
+                    for i, (xs, ys) in enumerate(segments):
+                        part = self._split_column(xs, ys[:, j], j, h)
+                        starts += [xs[0] if starts else -math.inf] + list(part.starts[1:])
+                        pieces += part.pieces
+                        jumps += ([cuts[i - 1]] if i else []) + part.jumps
+                    columns.append(_Piecewise(np.array(starts), pieces, jumps))
                 self.decades[k] = (x, y, columns, None, None)
         return self.decades[k]
 
@@ -103,15 +137,19 @@ class LazyLogTable:
                 a, b = (xs[i - 1] if i > 0 else a), xs[i]
         return a, b
 
-    def _split_column(self, x, y, j) -> _Piecewise:
+    def _split_column(self, x, y, j, h) -> _Piecewise:
+        """Column ``j`` on the nodes ``x`` (values ``y``): finite runs splined, the rest constant."""
         finite = np.isfinite(y)
-        # runs of equal status: [(start, end, is_finite, first node, last node)]; a run ends at
-        # the bracket side of its own status, the next one starts at the other side
-        runs = []
+        if np.all(finite):
+            return _Piecewise(np.array([-math.inf]), [self._fit_run(j, x, y)], [])
+        # runs of equal status (start, end, finite, first node, last node); a run ends at the
+        # bracket side of its own status, the next one starts at the other side
+        runs, jumps = [], []
         start, first = x[0], 0
         for i in range(x.size - 1):
             if finite[i] != finite[i + 1]:
                 a, b = self._boundary(j, x[i], x[i + 1], bool(finite[i]))
+                jumps.append((a, b))
                 runs.append((start, a, bool(finite[i]), first, i))
                 start, first = b, i + 1
         runs.append((start, x[-1], bool(finite[-1]), first, x.size - 1))
@@ -121,22 +159,21 @@ class LazyLogTable:
             if not is_finite:
                 vals = y[i0 : i1 + 1]
                 pieces.append(float(vals[0]) if np.all(vals == vals[0]) else math.inf)
-                continue
-            pieces.append(self._fit_run(j, s, e, x[1] - x[0]))
-        return _Piecewise(np.array(starts), pieces)
+            elif e <= s:
+                pieces.append(float(self._eval(np.array([s]))[0, j]))
+            else:  # cut at a boundary: its own uniform nodes, spacing <= the decade's
+                nodes = self._nodes(s, e, h)
+                vals = self._eval(nodes)[:, j]
+                ok = np.isfinite(vals)  # a second status change inside one bracket: unresolved
+                pieces.append(self._fit_run(j, nodes[ok], vals[ok]))
+        return _Piecewise(np.array(starts), pieces, jumps)
 
-    def _fit_run(self, j, s, e, h):
-        """Spline of column ``j`` on a finite run [s, e] cut at a boundary: uniform nodes (spacing
-        <= ``h``), then midpoints inserted where the spline misses ``fn`` by > ``refine_tol`` (the
-        function may steepen towards the boundary)."""
+    def _fit_run(self, j, nodes, vals):
+        """Cubic spline of column ``j`` through finite ``vals`` at ``nodes``, with midpoints
+        inserted where it misses ``fn`` by more than ``refine_tol`` (at most ``max_refine``
+        rounds: a function steepening towards a boundary)."""
         from scipy.interpolate import CubicSpline
 
-        if e <= s:
-            return float(self._eval(np.array([s]))[0, j])
-        nodes = np.linspace(s, e, max(4, math.ceil((e - s) / h - 1e-9)) + 1)
-        vals = self._eval(nodes)[:, j]
-        ok = np.isfinite(vals)  # a second status change inside one bracket: not resolved
-        nodes, vals = nodes[ok], vals[ok]
         if nodes.size < 2:
             return float(vals[0]) if nodes.size else math.inf
         spline = CubicSpline(nodes, vals)
@@ -152,6 +189,18 @@ class LazyLogTable:
             nodes, vals = nodes[order], vals[order]
             spline = CubicSpline(nodes, vals)
         return spline
+
+    def jumps(self, lo: float, hi: float):
+        """Brackets (a, b) in log R of the jumps found (finite / non-finite boundaries, ``breaks``)
+        between log R = lo and hi, in any column: the ``breaks`` another table of a function of
+        this one needs. Tabulates the decades it covers."""
+        out = set()
+        first = math.floor(lo / _LOG10 + 1e-9)
+        for k in range(first, max(first + 1, math.ceil(hi / _LOG10 - 1e-9))):
+            _, _, interp, xl, _ = self._decade(k)
+            if xl is None:
+                out.update((a, b) for column in interp for a, b in column.jumps if lo <= b and a <= hi)
+        return sorted(out)
 
     def __call__(self, risk):
         """Values at the risks (array (len, k)); risk must be > 0."""

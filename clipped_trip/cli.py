@@ -78,6 +78,8 @@ DEFAULTS = {
     "out": "results",
     "plot": False,
     "n_records": 101,
+    "batch": 1,
+    "clip_mode": "per-example",
 }
 CONFIG_KEYS = set(DEFAULTS) | {"lrs", "clips", "noises", "risk", "risks", "clips_grid"}
 
@@ -142,6 +144,15 @@ def _problem_from(cfg):
     return make_problem(cfg["spectrum"], V.count("d", cfg["d"]), noise), noise
 
 
+def _algorithm_from(cfg, lr=None, clip="from-cfg"):
+    """ClippedSGD from the settings (lr, clip, batch, clip_mode)."""
+    from . import ClippedSGD
+
+    lr = V.positive("lr", cfg["lr"] if lr is None else lr)
+    clip = _clip_value(cfg["clip"]) if clip == "from-cfg" else clip
+    return ClippedSGD(lr, clip, batch=V.count("batch", cfg["batch"]), clip_mode=cfg["clip_mode"])
+
+
 def _write_outputs(result, cfg, name, plot_fn=None):
     from ._io import atomic_write, save_result
 
@@ -196,14 +207,14 @@ def cmd_simulate(args, kind):
 
     cfg = settings(args)
     problem, _ = _problem_from(cfg)
-    lr, clip = V.positive("lr", cfg["lr"]), _clip_value(cfg["clip"])
+    alg = _algorithm_from(cfg)
     monte_carlo = dict(T=cfg["T"], runs=cfg["runs"], seed=cfg["seed"], n_records=cfg["n_records"])
     if kind == "simulate":
-        res = simulate(problem, lr, clip, **monte_carlo)
+        res = simulate(problem, alg, **monte_carlo)
     elif kind == "sde":
-        res = simulate_sde(problem, lr, clip, dt=cfg["dt"], **monte_carlo)
+        res = simulate_sde(problem, alg, dt=cfg["dt"], **monte_carlo)
     else:
-        res = solve_ode(problem, lr, clip, T=cfg["T"], n_records=cfg["n_records"])
+        res = solve_ode(problem, alg, T=cfg["T"], n_records=cfg["n_records"])
     written = _write_outputs(res, cfg, kind, lambda: _plot_paths(res, f"{kind}: {problem!r}"[:90]))
     final = res.risk[..., -1]
     if kind == "ode":
@@ -359,6 +370,7 @@ def cmd_sweep(args):
             problem,
             lrs,
             clips,
+            algorithm=_algorithm_from(cfg, lr=lrs[0], clip=None),
             T=cfg["T"],
             runs=cfg["runs"],
             seed=cfg["seed"],
@@ -378,6 +390,8 @@ def cmd_sweep(args):
                         "final_median_risk": float(np.median(cell[:, -1])),
                         "runs_diverged": int(res.diverged[i, j].sum()),
                         "runs": cfg["runs"],
+                        "batch": cfg["batch"],
+                        "clip_mode": cfg["clip_mode"],
                     }
                 )
     buf = io.StringIO()
@@ -481,6 +495,16 @@ def build_parser():
         p.add_argument("--lr", type=float, metavar="X", help="learning rate gamma (step gamma/D)")
         p.add_argument("--clip", metavar="X", help="clip threshold c (residual units) or 'none'")
         p.add_argument("--T", type=float, metavar="X", help="horizon in units of D steps")
+        p.add_argument(
+            "--batch", type=int, metavar="B", help="examples per step (default 1; t = steps / D)"
+        )
+        p.add_argument(
+            "--clip-mode",
+            dest="clip_mode",
+            choices=("per-example", "mean"),
+            help="per-example: clip each example, then average (DP-SGD); mean: clip the mean "
+            "gradient (torch clip_grad_norm_). Default per-example; the same at batch 1",
+        )
         if runs:
             p.add_argument("--runs", type=int, metavar="N")
             p.add_argument("--seed", type=int, metavar="N")
