@@ -168,8 +168,11 @@ class ClippedSGD(Algorithm):
             "clip_mode": self.clip_mode,
         }
 
-    def deterministic(self, problem, *, use_table=True, second_order=False, for_map=False):
-        return ClippedSGDEquivalent(self, problem, use_table, second_order, for_map)
+    def deterministic(
+        self, problem, *, use_table=True, second_order=False, for_map=False, cache=None
+    ):
+        eq = ClippedSGDEquivalent(self, problem, use_table, second_order, for_map, cache)
+        return eq
 
     def __repr__(self):
         return (
@@ -209,7 +212,7 @@ class ClippedSGDEquivalent:
     (mu, nu_eff) of the homogenized SDE.
     """
 
-    def __init__(self, alg, problem, use_table: bool, second_order: bool, for_map: bool):
+    def __init__(self, alg, problem, use_table, second_order, for_map, cache=None):
         self.alg = alg
         self.noise = problem.noise
         self.lam = problem.eigenvalues
@@ -241,7 +244,22 @@ class ClippedSGDEquivalent:
             self.z_nodes, self.z_weights = np.array([self.z_range[1]]), np.ones(1)
         self.table = None
         if use_table and (self.clip_const is not None or self.risk_clip):
-            self.table = LazyLogTable(self._tabulated, per_decade=48)
+            # a caller-owned cache shares tables between solves that differ only in lr
+            key = (
+                "ClippedSGD",
+                self.noise,
+                self.clip_const if self.clip_const is not None else id(self.clip),
+                self.B,
+                self.mode,
+                self.need_kap,
+                tuple(self.z_nodes),
+            )
+            if cache is not None and key in cache:
+                self.table = cache[key]
+            else:
+                self.table = LazyLogTable(self._tabulated, per_decade=48)
+                if cache is not None:
+                    cache[key] = self.table
         self._kap_cache = {}
 
     # --- factors -----------------------------------------------------------------------------

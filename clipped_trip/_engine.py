@@ -70,7 +70,7 @@ def resolve_dtype(dtype):
 
 
 def requested_times(T, times, n_records):
-    """The record times asked for: ``times`` (non-decreasing, >= 0) or n_records points on [0, T]."""
+    """The record times asked for: ``times`` (non-decreasing, >= 0) or n_records on [0, T]."""
     if times is None:
         T = V.positive("T", T)
         n_records = V.count("n_records", n_records, lo=2)

@@ -519,3 +519,6 @@ def run_figure(name, quick=False, out="figures", progress=True, **kwargs):
     t0 = time.perf_counter()
     result = FIGURES[name][0](quick=quick, out=Path(out), progress=progress, **kwargs)
     return result, time.perf_counter() - t0
+
+
+from . import _figures_batch  # noqa: E402,F401  (registers the mini-batch figures)

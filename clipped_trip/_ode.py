@@ -163,6 +163,7 @@ def solve_ode(
     use_table: bool = True,
     second_order: bool = False,
     divergence_threshold: float | None = None,
+    cache: dict | None = None,
 ) -> ODEResult:
     """Solve the deterministic equivalent (risk ODE, or one-step map) of an algorithm.
 
@@ -188,6 +189,8 @@ def solve_ode(
             stability boundary, but no better transient; the map is preferable.
         divergence_threshold: risk above this stops the solve and marks divergence
             (default 1e12 max(R0, 1)).
+        cache: a dict you own, passed to several solves of one problem: factor tables are
+            shared between them (e.g. an lr grid at a fixed clip and batch).
 
     Returns:
         :class:`ODEResult` with ``t`` (for the map: the record times rounded to steps / D),
@@ -213,7 +216,7 @@ def solve_ode(
     rtol = V.positive("rtol", rtol)
     D, d = problem.D, problem.d
     chosen = method
-    eq = alg.deterministic(problem, use_table=use_table, second_order=second_order)
+    eq = alg.deterministic(problem, use_table=use_table, second_order=second_order, cache=cache)
     h = eq.h_bound(float(t_req[-1]))
     big_h = alg.samples_per_step() > 1 and h > MAP_THRESHOLD
     if method.lower() == "auto":
@@ -225,7 +228,7 @@ def solve_ode(
             stacklevel=2,
         )
     if chosen.lower() == "map":  # the map needs the Stein curvature kap as well
-        eq = alg.deterministic(problem, use_table=use_table, for_map=True)
+        eq = alg.deterministic(problem, use_table=use_table, for_map=True, cache=cache)
     state0 = eq.state0()
     layout = _Layout(state0)
     y0 = layout.pack(state0)

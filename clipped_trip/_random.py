@@ -8,14 +8,15 @@ import jax.numpy as jnp
 __all__ = ["gamma_sample", "student_t_sample"]
 
 
-def gamma_sample(key, a, shape, dtype=jnp.float64):
-    """Gamma(a) samples, exact: Marsaglia-Tsang rejection, vectorised, repeated until every entry
-    is accepted (1-2 rounds); a < 1 via Gamma(a + 1) U^(1/a). ~4x faster than jax.random.gamma on
-    CPU (measured: benchmarks/README). Pass dtype float64 for shapes above ~1e4, where the
-    acceptance test cancels in float32.
+def _positive_uniform(u):
+    """u on the float grid {0, 2^-23, ..., 1 - 2^-23} -> {2^-23, ..., 1}: the draw u = 0 (once in
+    2^23 in float32) becomes 1, every other draw is kept bit for bit (still uniform on the grid)."""
+    return jnp.where(u == 0, jnp.ones_like(u), u)
 
-    References: Marsaglia & Tsang (2000), "A simple method for generating gamma variables".
-    """
+
+def _gamma_parts(key, a, shape, dtype):
+    """(val, u, boost, a): val ~ Gamma(a + 1) where ``boost`` (a < 1), else Gamma(a); u in (0, 1]
+    the uniform of the boost Gamma(a) = Gamma(a + 1) U^(1/a)."""
     a = jnp.broadcast_to(jnp.asarray(a, dtype), shape)
     boost = a < 1
     d = jnp.where(boost, a + 1.0, a) - 1.0 / 3.0
@@ -43,13 +44,46 @@ def gamma_sample(key, a, shape, dtype=jnp.float64):
         return jnp.where(ok, val, new), ok | new_ok, i + 1
 
     val, ok, _ = jax.lax.while_loop(lambda st: ~jnp.all(st[1]), retry, (val, ok, 0))
-    u = jax.random.uniform(k_boost, shape, jnp.float32).astype(dtype)
+    u = _positive_uniform(jax.random.uniform(k_boost, shape, jnp.float32)).astype(dtype)
+    return val, u, boost, a
+
+
+def gamma_sample(key, a, shape, dtype=jnp.float64):
+    """Gamma(a) samples, exact: Marsaglia-Tsang rejection, vectorised, repeated until every entry
+    is accepted (1-2 rounds); a < 1 via Gamma(a + 1) U^(1/a) with U in (0, 1]. ~4x faster than
+    jax.random.gamma on CPU (measured: benchmarks/README). Pass dtype float64 for shapes above
+    ~1e4, where the acceptance test cancels in float32. For small a the draw may underflow to 0
+    in the dtype (Gamma(a) has that much mass near 0); :func:`student_t_sample` works in log space.
+
+    References: Marsaglia & Tsang (2000), "A simple method for generating gamma variables".
+    """
+    val, u, boost, a = _gamma_parts(key, a, shape, dtype)
     return jnp.where(boost, val * u ** (1.0 / jnp.where(boost, a, 1.0)), val)
 
 
+def _t_from_log_gamma(z, log_g, df):
+    """Z / sqrt(2 G / df) from log G, in log space and never non-finite: |t| is capped at the
+    dtype's largest float (G may underflow, log G does not)."""
+    big = jnp.log(jnp.finfo(z.dtype).max)
+    log_abs = jnp.log(jnp.abs(z)) - 0.5 * (log_g + jnp.log(2.0 / df))
+    return jnp.sign(z) * jnp.exp(jnp.minimum(log_abs, big))
+
+
+def _boosted_log_gamma(val, u, a):
+    """log of the boosted draw Gamma(a + 1) U^(1/a) = log val + log(u) / a (finite for u > 0)."""
+    return jnp.log(val) + jnp.log(_positive_uniform(u)) / a
+
+
 def student_t_sample(key, df, shape, dtype=jnp.float32):
-    """Student-t(df): Z / sqrt(2 G / df) with G ~ Gamma(df / 2) (exact)."""
+    """Student-t(df): Z / sqrt(2 G / df) with G ~ Gamma(df / 2) (exact), always finite.
+
+    For df < 2 (the boosted Gamma) the quotient is formed in log space: in float32 G underflows
+    to 0 (and the quotient would be inf) for small U; the draws with df >= 2 are unchanged.
+    """
     kz, kg = jax.random.split(key)
     z = jax.random.normal(kz, shape, dtype)
-    g = gamma_sample(kg, 0.5 * df, shape, dtype)
-    return z / jnp.sqrt(2.0 * g / df)
+    val, u, boost, a = _gamma_parts(kg, 0.5 * df, shape, dtype)
+    plain = z / jnp.sqrt(2.0 * val / df)  # bit-identical to the former path where not boosted
+    safe_a = jnp.where(boost, a, 1.0)
+    boosted = _t_from_log_gamma(z, _boosted_log_gamma(val, u, safe_a), df)
+    return jnp.where(boost, boosted, plain)

@@ -199,7 +199,9 @@ class LazyLogTable:
         for k in range(first, max(first + 1, math.ceil(hi / _LOG10 - 1e-9))):
             _, _, interp, xl, _ = self._decade(k)
             if xl is None:
-                out.update((a, b) for column in interp for a, b in column.jumps if lo <= b and a <= hi)
+                out.update(
+                    (a, b) for column in interp for a, b in column.jumps if lo <= b and a <= hi
+                )
         return sorted(out)
 
     def __call__(self, risk):

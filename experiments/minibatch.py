@@ -1,0 +1,12 @@
+"""Reproduce the minibatch figure (SPEC section 8) (clipped_trip/_figures_batch.py).
+
+Usage: python experiments/minibatch.py [--quick] [--out DIR]
+Same as: clipped-trip reproduce minibatch)
+"""
+
+import sys
+
+from clipped_trip.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["reproduce", "minibatch", *sys.argv[1:]]))
