@@ -36,6 +36,7 @@ __all__ = [
     "map_runs",
     "describe_schedule",
     "interval_bounds",
+    "steps_of",
 ]
 
 _CHUNK_ELEMENTS = 2**16  # runs x width per chunk: enough work per step to vectorise well
@@ -88,11 +89,25 @@ def requested_times(T, times, n_records):
 def record_grid(D: float, T, times, n_records):
     """Record times and the step index of each (k = round(t D)). Returns (t, steps, n_steps)."""
     t = requested_times(T, times, n_records)
-    steps = np.rint(t * D).astype(np.int64)
-    n_steps = int(steps[-1])
-    if n_steps > 2**31 - 1:
-        raise ValueError(f"T * D = {n_steps} steps exceeds 2^31 - 1; use a smaller T")
-    return t, steps, n_steps
+    return t, *steps_of(t, D, "T * D")
+
+
+MAX_STEPS = 2**31 - 1
+
+
+def steps_of(t, per_unit: float, what: str, *, step=None):
+    """Step indices round(t * per_unit) (or round(t / step)), refused before any cast when not
+    representable: an int64 cast of a huge float wraps to a negative count."""
+    t = np.asarray(t, dtype=np.float64)
+    raw = t / step if step is not None else t * per_unit
+    last = float(raw[-1])
+    if not math.isfinite(last) or last > MAX_STEPS:
+        raise ValueError(
+            f"{what} = {last:.3g} steps is more than the {MAX_STEPS} a run can take; "
+            "use a smaller horizon (T) or a coarser step"
+        )
+    steps = np.rint(raw).astype(np.int64)
+    return steps, int(steps[-1])
 
 
 def interval_bounds(steps) -> np.ndarray:

@@ -225,6 +225,7 @@ def simulate_reduced(
             jnp.asarray(n_blocks, jnp.int64),
         )
         risk = np.asarray(risk, dtype=np.float64)[0][:, where_rec]
+    t = steps / D  # the times actually simulated
     risk, diverged, when = mark_divergence(risk, t, threshold)
     params = {
         "kind": "sgd-reduced",

@@ -31,6 +31,7 @@ from ._engine import (
     map_runs,
     resolve_dtype,
     run_keys,
+    steps_of,
 )
 from ._problem import Problem
 from ._results import RiskPaths, mark_divergence
@@ -154,8 +155,14 @@ def simulate_sde(
         t = np.asarray(V.vector("times", times), dtype=np.float64)
         if np.any(t < 0) or np.any(np.diff(t) < 0):
             raise ValueError("times must be >= 0 and non-decreasing")
-    steps = np.rint(t / dt).astype(np.int64)
-    n_steps = max(int(steps[-1]), 1)
+    gaps = np.diff(t)
+    if np.any((gaps > 0) & (gaps < dt * (1 - 1e-9))):
+        raise ValueError(
+            f"dt = {dt:g} must not exceed the gaps between record times (smallest "
+            f"{gaps[gaps > 0].min():.3g}); use a smaller dt or fewer records"
+        )
+    steps, n_steps = steps_of(t, None, "T / dt", step=dt)
+    n_steps = max(n_steps, 1)
     step_t = np.arange(n_steps) * dt
     lr, clip = alg.lr, alg.clip
     eq = alg.deterministic(problem, use_table=False)
@@ -232,6 +239,7 @@ def simulate_sde(
         "z_scale": f(z_scale),
     }
     risk = _sde_core(inputs, run_keys(seed, first_run, runs), mode, chunk)
+    t = steps * dt  # the times actually simulated (record times rounded to multiples of dt)
     risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
     desc = alg.describe()
     params = {

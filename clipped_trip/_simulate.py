@@ -103,9 +103,9 @@ def _run(problem, algorithms, T, runs, seed, times, n_records, dtype, first_run,
     }
     records = _simulate_core(inputs, kernel, problem.noise, chunk, runs)
     risk = np.asarray(records["risk"], dtype=np.float64)
-    risk, diverged, when = mark_divergence(risk, t, threshold)
-    t_true = steps / D  # the times actually simulated (steps rounded)
-    return t, t_true, steps, risk, diverged, when, batch
+    t_true = steps / D  # the times actually simulated (record times rounded to steps)
+    risk, diverged, when = mark_divergence(risk, t_true, threshold)
+    return t_true, steps, risk, diverged, when, batch
 
 
 def simulate(
@@ -152,7 +152,7 @@ def simulate(
     References: arXiv 2406.11733, clipped SGD (Sec. 2); SPEC sections 1-2, 8, 13.
     """
     alg = as_algorithm(algorithm, clip, "simulate", lr)
-    t, t_true, steps, risk, diverged, when, batch = _run(
+    t, steps, risk, diverged, when, batch = _run(
         problem,
         [alg],
         T,
@@ -250,7 +250,7 @@ def _sweep(problem, base, lrs, clips, T, runs, seed, times, n_records, dtype, th
     if not lrs or not clips:
         raise ValueError("lrs and clips must each hold at least one value")
     cells = [base.replace(lr=lr, clip=c) for lr in lrs for c in clips]
-    t, t_true, steps, risk, diverged, when, batch = _run(
+    t, steps, risk, diverged, when, batch = _run(
         problem, cells, T, runs, seed, times, n_records, dtype, 0, threshold, chunk
     )
     shape = (len(lrs), len(clips))
