@@ -64,9 +64,9 @@ def gamma_sample(key, a, shape, dtype=jnp.float64):
 def _t_from_log_gamma(z, log_g, df):
     """Z / sqrt(2 G / df) from log G, in log space and never non-finite: |t| is capped at the
     dtype's largest float (G may underflow, log G does not)."""
-    big = jnp.log(jnp.finfo(z.dtype).max)
+    big = jnp.finfo(z.dtype).max
     log_abs = jnp.log(jnp.abs(z)) - 0.5 * (log_g + jnp.log(2.0 / df))
-    return jnp.sign(z) * jnp.exp(jnp.minimum(log_abs, big))
+    return jnp.clip(jnp.sign(z) * jnp.exp(log_abs), -big, big)
 
 
 def _boosted_log_gamma(val, u, a):

@@ -5,12 +5,12 @@ K = empirical feature covariance scaled to ||K|| = 1; x* = least-squares fit; th
 empirical residual law (exact for the ODE) or its Gaussian fit (the paper's choice).
 
 Default data: scikit-learn's bundled digits (no download). CIFAR-10 is used when the user has the
-python-format batches locally (``load_cifar10``).
+binary-format batches (``data_batch_N.bin``) locally (``load_cifar10``; pickled python batches
+only with ``allow_pickle=True``).
 """
 
 from __future__ import annotations
 
-import pickle
 from functools import partial
 from pathlib import Path
 
@@ -43,36 +43,85 @@ def load_digits_binary():
     return X, y
 
 
-def load_cifar10(
-    folder, batches=("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
-):
-    """CIFAR-10 python batches in ``folder``: classes {2,3,5} -> -1, {9,8,0} -> +1.
+CIFAR_BINARY_BATCHES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_PYTHON_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_RECORD = 1 + 3072  # binary format: 1 label byte, then 3072 pixel bytes (R, G, B planes)
 
-    The batches are the official pickled dicts (keys b'data' (N, 3072) uint8 and b'labels'); they
-    are the user's own local files. Missing batches are skipped; none found is an error.
+
+def _cifar_binary_batch(path: Path):
+    raw = path.read_bytes()
+    if not raw or len(raw) % _CIFAR_RECORD:
+        raise ValueError(
+            f"{path} is not a CIFAR-10 binary batch: {len(raw)} bytes is not a positive multiple "
+            f"of {_CIFAR_RECORD} (records of 1 label byte 0-9 + 3072 pixel bytes)"
+        )
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{path} is not a CIFAR-10 binary batch: a label byte is above 9")
+    return records[:, 1:].astype(np.float64) / 255.0, labels
+
+
+def _cifar_python_batch(path: Path):
+    import pickle
+
+    with open(path, "rb") as fh:
+        batch = pickle.load(fh, encoding="bytes")  # noqa: S301 - only with allow_pickle=True
+    try:
+        data = np.asarray(batch[b"data"], dtype=np.float64) / 255.0
+        labels = np.asarray(batch[b"labels"])
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"{path} is not a CIFAR-10 python batch (needs b'data', b'labels')"
+        ) from None
+    return data, labels
+
+
+def load_cifar10(folder, batches=None, *, allow_pickle: bool = False):
+    """CIFAR-10 from ``folder``: classes {2,3,5} -> -1, {9,8,0} -> +1. Returns (X (N, 3072), y).
+
+    Reads the CIFAR-10 *binary* version (``cifar-10-batches-bin``: ``data_batch_1.bin`` ...
+    ``data_batch_5.bin``, each record 1 label byte + 3072 pixel bytes; plain bytes, nothing
+    executed). The python version's pickled batches (``data_batch_1`` ...) are refused with a
+    ValueError, since unpickling runs code from the file, unless ``allow_pickle=True`` says the
+    files are trusted. ``batches`` names the files (default: the five binary batches, and with
+    ``allow_pickle`` the python ones where those are absent). Missing batches are skipped; none
+    found is an error.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"CIFAR-10 folder {str(folder)!r} does not exist")
+    if batches is None:
+        batches = CIFAR_BINARY_BATCHES
+        if allow_pickle and not any((folder / name).exists() for name in batches):
+            batches = CIFAR_PYTHON_BATCHES
     xs, ys = [], []
     for name in batches:
         path = folder / name
-        if not path.exists():
+        if not path.is_file():
             continue
         with open(path, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")  # noqa: S301 - CIFAR's own format
-        try:
-            data = np.asarray(batch[b"data"], dtype=np.float64) / 255.0
-            labels = np.asarray(batch[b"labels"])
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"{path} is not a CIFAR-10 python batch (needs b'data', b'labels')"
-            ) from None
+            first = fh.read(1)
+        if first == b"\x80":  # a pickle (protocol >= 2); no CIFAR label byte is above 9
+            if not allow_pickle:
+                raise ValueError(
+                    f"{path} is a pickled CIFAR-10 python batch: refused (unpickling runs code); "
+                    "use the binary version (data_batch_N.bin) or pass allow_pickle=True"
+                )
+            data, labels = _cifar_python_batch(path)
+        else:
+            data, labels = _cifar_binary_batch(path)
         keep = np.isin(labels, CIFAR_NEGATIVE + CIFAR_POSITIVE)
         xs.append(data[keep])
         ys.append(np.where(np.isin(labels[keep], CIFAR_POSITIVE), 1.0, -1.0))
     if not xs:
-        raise ValueError(f"no CIFAR-10 batches ({', '.join(batches)}) found in {folder}")
+        hint = ""
+        if not allow_pickle and any((folder / n).exists() for n in CIFAR_PYTHON_BATCHES):
+            hint = (
+                "; the folder holds pickled python batches (data_batch_N), refused: use the "
+                "binary version (data_batch_N.bin) or pass allow_pickle=True"
+            )
+        raise ValueError(f"no CIFAR-10 batches ({', '.join(batches)}) found in {folder}{hint}")
     return np.concatenate(xs), np.concatenate(ys)
 
 

@@ -138,7 +138,7 @@ class LazyLogTable:
         return a, b
 
     def _split_column(self, x, y, j, h) -> _Piecewise:
-        """Column ``j`` on the nodes ``x`` (values ``y``): finite runs splined, the rest constant."""
+        """Column ``j`` on nodes ``x`` (values ``y``): finite runs splined, the rest constant."""
         finite = np.isfinite(y)
         if np.all(finite):
             return _Piecewise(np.array([-math.inf]), [self._fit_run(j, x, y)], [])

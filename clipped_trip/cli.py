@@ -555,7 +555,9 @@ def build_parser():
     p.add_argument(
         "--data",
         metavar="DIR",
-        help="fig7: folder with CIFAR-10 python batches (default: scikit-learn's bundled digits)",
+        help="fig7: folder with the CIFAR-10 binary batches data_batch_1.bin ... data_batch_5.bin "
+        "(cifar-10-batches-bin; pickled python batches are refused; default: scikit-learn's "
+        "bundled digits)",
     )
     p.add_argument("--quiet", action="store_true")
     return parser
