@@ -37,6 +37,12 @@ __all__ = [
     "describe_schedule",
     "interval_bounds",
     "steps_of",
+    "check_memory",
+    "check_work",
+    "memory_limit",
+    "SliceClock",
+    "run_segmented",
+    "chunk_items",
 ]
 
 _CHUNK_ELEMENTS = 2**16  # runs x width per chunk: enough work per step to vectorise well
@@ -75,6 +81,7 @@ def requested_times(T, times, n_records):
     if times is None:
         T = V.positive("T", T)
         n_records = V.count("n_records", n_records, lo=2)
+        check_memory("the record grid", {"record times": 48.0 * n_records}, "n_records")
         return np.linspace(0.0, T, n_records)
     t = V.vector("times", times)
     if np.any(t < 0) or np.any(np.diff(t) < 0):
@@ -154,7 +161,8 @@ def check_run_args(problem, problem_type, runs, first_run, divergence_threshold)
         raise ValueError(f"problem must be a {problem_type.__name__}, got {type(problem).__name__}")
     runs = V.count("runs", runs)
     first_run = V.count("first_run", first_run, lo=0)
-    return runs, first_run, divergence_limit(divergence_threshold, problem.initial_risk)
+    limit = divergence_limit(divergence_threshold, problem.initial_risk, problem.noise)
+    return runs, first_run, limit
 
 
 def map_runs(one_run, tables, run_keys, chunk):
@@ -195,3 +203,230 @@ def describe_schedule(schedule):
     if callable(schedule):
         return f"callable {getattr(schedule, '__name__', type(schedule).__name__)}"
     return "array schedule"
+
+
+# ---------------------------------------------------------------------------------------------
+# resource guards: memory and work, refused up front with the estimate and the limit
+# ---------------------------------------------------------------------------------------------
+GiB = float(2**30)
+MEMORY_SAFETY = 0.7  # use at most this fraction of what the machine / rlimits allow
+#: runs x steps x coordinates above which a Monte Carlo call is refused (~ hours at ~5 ns each)
+MAX_WORK = 2e12
+
+
+def _proc_kib(path, key):
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_limit() -> float:
+    """Bytes a computation may use: min(MemAvailable, the room left under RLIMIT_AS / RLIMIT_DATA
+    when set) x MEMORY_SAFETY."""
+    avail = _proc_kib("/proc/meminfo", "MemAvailable")
+    limits = [float(avail) if avail else math.inf]
+    try:
+        import resource
+
+        for name, status_key in (("RLIMIT_AS", "VmSize"), ("RLIMIT_DATA", "VmData")):
+            soft = resource.getrlimit(getattr(resource, name))[0]
+            if soft != resource.RLIM_INFINITY and soft > 0:
+                used = _proc_kib("/proc/self/status", status_key) or 0
+                limits.append(max(float(soft - used), 0.0))
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    lim = min(limits)
+    return (lim if math.isfinite(lim) else 64 * GiB) * MEMORY_SAFETY
+
+
+def check_memory(what: str, parts: dict, reduce_hint: str) -> None:
+    """Refuse before allocating: ``parts`` maps a description to its estimated bytes."""
+    need = float(sum(parts.values()))
+    limit = memory_limit()
+    if not need <= limit:
+        detail = ", ".join(f"{k} {v / GiB:.3g} GiB" for k, v in parts.items() if v >= 0.01 * need)
+        raise ValueError(
+            f"{what} needs about {need / GiB:.3g} GiB ({detail}), more than the "
+            f"{limit / GiB:.3g} GiB available; reduce {reduce_hint}"
+        )
+
+
+def check_work(what: str, work: float, max_work, reduce_hint: str) -> None:
+    """Refuse a computation of more than ``max_work`` runs x steps x coordinates (default
+    MAX_WORK, hours of CPU): it would look like a hang. Pass a larger ``max_work`` to run it."""
+    limit = MAX_WORK if max_work is None else V.positive("max_work", max_work)
+    if not work <= limit:
+        raise ValueError(
+            f"{what} is about {work:.3g} runs x steps x coordinates (~{work * 5e-9 / 3600:.3g} "
+            f"CPU hours at 5 ns each), above the limit {limit:.3g}; reduce {reduce_hint}, "
+            "or pass max_work= to allow it"
+        )
+
+
+class out_of_memory_as_value_error:
+    """Context manager: a MemoryError (or XLA's RESOURCE_EXHAUSTED) becomes one-line ValueError."""
+
+    def __init__(self, what, reduce_hint):
+        self.what, self.hint = what, reduce_hint
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        if issubclass(exc_type, MemoryError) or (
+            "RESOURCE_EXHAUSTED" in str(exc)[:200] and not issubclass(exc_type, ValueError)
+        ):
+            raise ValueError(
+                f"{self.what} ran out of memory; reduce {self.hint}"
+            ) from None
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# slices of bounded wall time (Ctrl-C, progress)
+# ---------------------------------------------------------------------------------------------
+SLICE_SECONDS = 0.5  # target wall time of one compiled call
+SEGMENTS = 64  # record segments per call (fixed: part of the compiled program's shape)
+PROGRESS_AFTER = 3.0  # auto progress bar when the whole job is estimated to take longer
+
+
+class SliceClock:
+    """Sizes the slices of a long computation so that each call takes about SLICE_SECONDS.
+
+    ``budget()`` gives the units (steps, blocks) of the next call; ``done(units)`` records that
+    the call finished (the caller blocks on its result first). The first call's time is counted
+    as compile time when it is far above the prior estimate. A tqdm bar (stderr) with the
+    remaining time appears when the job is estimated to take more than PROGRESS_AFTER seconds
+    (``progress=None``), always (True) or never (False). Python raises KeyboardInterrupt between
+    calls, so Ctrl-C stops the job within about one slice.
+    """
+
+    def __init__(self, total_units, seconds_per_unit_guess, progress=None, what="simulate"):
+        import time
+
+        self._time = time.perf_counter
+        self.total = max(int(total_units), 1)
+        self.spu = max(float(seconds_per_unit_guess), 1e-12)
+        self.progress = progress
+        self.what = what
+        self.done_units = 0
+        self.calls = 0
+        self.bar = None
+        self.t_start = self._time()
+        self._t_call = None
+        if progress is True:
+            self._open_bar()
+
+    def budget(self) -> int:
+        self._t_call = self._time()
+        first = 0.25 if self.calls == 0 else SLICE_SECONDS
+        return max(1, int(first / self.spu))
+
+    def done(self, units: int) -> None:
+        elapsed = self._time() - self._t_call
+        units = max(int(units), 1)
+        measured = elapsed / units
+        if self.calls == 0 and measured > 4 * self.spu:
+            # probably compile time: trust it only partly
+            self.spu = math.sqrt(self.spu * measured)
+        else:
+            self.spu = min(measured, 4 * self.spu) if measured > 0 else self.spu
+        self.calls += 1
+        self.done_units += units
+        if self.bar is None and self.progress is None and self.calls >= 2:
+            remaining = (self.total - self.done_units) * self.spu
+            if remaining > PROGRESS_AFTER:
+                self._open_bar()
+        if self.bar is not None:
+            self.bar.update(min(units, self.total - self.bar.n))
+
+    def _open_bar(self):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            self.progress = False
+            return
+        self.bar = tqdm(
+            total=self.total, initial=min(self.done_units, self.total), desc=self.what,
+            unit="step", unit_scale=True, leave=False, dynamic_ncols=True,
+        )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def plan_segments(steps, pos: int, rec: int, budget: int, n_seg: int = SEGMENTS):
+    """The next call's segments: (bounds (n_seg, 2) int32, is_record (n_seg,), pos, rec, units).
+
+    Record intervals are cut into segments of at most ``budget`` steps in all; a segment that
+    ends on a record time yields that record. Padding segments are empty (start = stop).
+    """
+    bounds, flags = [], []
+    left = budget
+    n_rec = len(steps)
+    while len(bounds) < n_seg and rec < n_rec:
+        target = int(steps[rec])
+        if target <= pos:
+            bounds.append((pos, pos))
+            flags.append(True)
+            rec += 1
+            continue
+        if left <= 0:
+            break
+        take = min(target - pos, left)
+        bounds.append((pos, pos + take))
+        pos += take
+        left -= take
+        hit = pos == target
+        flags.append(hit)
+        rec += int(hit)
+    used = budget - left
+    while len(bounds) < n_seg:
+        bounds.append((pos, pos))
+        flags.append(False)
+    return np.asarray(bounds, dtype=np.int32), np.asarray(flags), pos, rec, used
+
+
+def chunk_items(n_cells, n_runs, chunk):
+    """(cell_of, run_of) per item padded to whole chunks (padding items repeat item 0)."""
+    n_items = n_cells * n_runs
+    n_chunks = -(-n_items // chunk)
+    pad = n_chunks * chunk - n_items
+    cell_of = np.concatenate([np.repeat(np.arange(n_cells), n_runs), np.zeros(pad, int)])
+    run_of = np.concatenate([np.tile(np.arange(n_runs), n_cells), np.zeros(pad, int)])
+    return cell_of.reshape(n_chunks, chunk), run_of.reshape(n_chunks, chunk)
+
+
+def run_segmented(call, init, steps, n_chunks, clock):
+    """Drive ``call(ci, carry, bounds) -> (carry, records)`` chunk by chunk, slice by slice.
+
+    ``records`` is an array (chunk, SEGMENTS); the records at the record times are gathered into
+    (n_chunks * chunk, len(steps)) float64. Each chunk starts from ``init(ci)``.
+    """
+    n_rec = len(steps)
+    out = []
+    try:
+        for ci in range(n_chunks):
+            carry = init(ci)
+            pos, rec = 0, 0
+            parts = []
+            while rec < n_rec:
+                b = clock.budget()
+                bounds, flags, pos, rec, used = plan_segments(steps, pos, rec, b)
+                carry, recs = call(ci, carry, jnp.asarray(bounds))
+                recs = np.asarray(recs, dtype=np.float64)  # blocks until the call is done
+                parts.append(recs[:, flags])
+                clock.done(used)
+            out.append(np.concatenate(parts, axis=1))
+    finally:
+        clock.close()
+    return np.concatenate(out, axis=0)

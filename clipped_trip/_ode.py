@@ -31,7 +31,7 @@ import warnings
 from . import _validate as V
 from ._algorithm import as_algorithm
 from ._problem import Problem
-from ._results import ODEResult, divergence_limit
+from ._results import ODEResult, divergence_limit, mark_divergence
 from ._schedules import is_constant
 
 __all__ = ["solve_ode", "MAP_THRESHOLD"]
@@ -147,6 +147,42 @@ def _iterate_map(eq, layout, y0, steps, threshold, risk_of):
     return out
 
 
+MAX_ODE_STEPS = 1e7
+
+
+def _check_ode_work(eq, alg, t_req, method, d, max_steps):
+    """Refuse solves that would run for hours (e.g. T = 1e12), with the estimate."""
+    limit = MAX_ODE_STEPS if max_steps is None else V.positive("max_steps", max_steps)
+    T = float(t_req[-1])
+    if method.lower() == "map":
+        est = T * eq.D
+    elif method.lower() == "rk4":
+        return  # fixed steps: the caller chose dt
+    else:
+        est = T * 2.0 * eq.h_bound(T) * eq.D / 3.0 + 100.0
+    if not est <= limit:
+        raise ValueError(
+            f"solve_ode: T = {T:.3g} needs about {est:.3g} solver steps (x d = {d}: "
+            f"{est * d:.3g} operations), above the limit {limit:.3g}; use a shorter horizon T, "
+            "or pass max_steps= to allow it"
+        )
+
+
+def _hold_last(*paths):
+    """Forward-fill NaN with the last finite value (inf where none came before): after a
+    divergence lr_path / clip_path hold the schedule's last value, never NaN."""
+    out = []
+    for p in paths:
+        p = np.array(p, dtype=np.float64)
+        ok = ~np.isnan(p)
+        idx = np.where(ok, np.arange(p.size), 0)
+        np.maximum.accumulate(idx, out=idx)
+        filled = p[idx]
+        filled[np.maximum.accumulate(ok) == 0] = np.inf
+        out.append(filled)
+    return out
+
+
 def solve_ode(
     problem: Problem,
     algorithm=None,
@@ -164,6 +200,7 @@ def solve_ode(
     second_order: bool = False,
     divergence_threshold: float | None = None,
     cache: dict | None = None,
+    max_steps: float | None = None,
 ) -> ODEResult:
     """Solve the deterministic equivalent (risk ODE, or one-step map) of an algorithm.
 
@@ -187,8 +224,14 @@ def solve_ode(
             them directly.
         second_order: keep the O(h) second-order term (SPEC 8A.3): right stationary risk and
             stability boundary, but no better transient; the map is preferable.
-        divergence_threshold: risk above this stops the solve and marks divergence
-            (default 1e12 max(R0, 1)).
+        divergence_threshold: the divergence level L (default 1e6 max(R0, E[eps^2]), the rule
+            shared with the simulators, see :func:`clipped_trip._results.divergence_limit`): the
+            path is diverged from the first record above L after which it stays above L; it is
+            +inf from there on. Where nu is infinite (no clipping, noise of infinite variance)
+            the ODE diverges at t = 0+: from the first record after 0.
+        max_steps: refuse a solve estimated to take more solver steps than this (default 1e7:
+            hours); the estimate is T x 2 gamma_max lambda_max / 3 (the explicit stability
+            limit), or T x D for the map.
         cache: a dict you own, passed to several solves of one problem: factor tables are
             shared between them (e.g. an lr grid at a fixed clip and batch).
 
@@ -237,13 +280,17 @@ def solve_ode(
         return eq.observe(layout.unpack(vec))["risk"]
 
     R0 = float(risk_of(y0))
-    threshold = divergence_limit(divergence_threshold, R0)
+    threshold = divergence_limit(divergence_threshold, R0, problem.noise)
+    # integrate past the level: the result is marked by the rule shared with the simulators
+    # (above the level and staying there), so a path that comes back is not cut short
+    cap = max(threshold, 1e250) if divergence_threshold is None else threshold * 1e12
+    _check_ode_work(eq, alg, t_req, chosen, d, max_steps)
     if chosen.lower() == "map":
         steps = np.rint(t_req * D).astype(np.int64)
         if steps[-1] > 10**8:
             raise ValueError(f"method='map': T * D = {steps[-1]} steps is too many (max 1e8)")
         t_rec = steps / D
-        risk = _iterate_map(eq, layout, y0, steps, threshold, risk_of)
+        risk = _iterate_map(eq, layout, y0, steps, cap, risk_of)
         chosen = "map"
     else:
         t_rec, inverse = np.unique(t_req, return_inverse=True)
@@ -251,7 +298,7 @@ def solve_ode(
         def rhs(t, vec):
             state = layout.unpack(vec)
             R = float(eq.observe(state)["risk"])
-            if not math.isfinite(R) or R > threshold:
+            if not math.isfinite(R) or R > cap:
                 return np.zeros_like(vec)
             try:
                 return layout.pack(eq.rates(t, state))
@@ -272,17 +319,14 @@ def solve_ode(
             sums = np.atleast_1d(risk_of(Y))
         else:
             atol = rtol * 1e-6 * max(R0, 1e-300) / d if atol is None else V.positive("atol", atol)
-            Yr, ok_t = _integrate(rhs, y0, t_rec, chosen, rtol, atol, threshold, risk_of)
+            Yr, ok_t = _integrate(rhs, y0, t_rec, chosen, rtol, atol, cap, risk_of)
             sums = np.full(t_rec.shape, np.inf)
             sums[: ok_t.size] = Yr[0][: ok_t.size]
         risk = np.asarray(sums, dtype=np.float64)[inverse]
         t_rec = t_req
-    risk = np.array(risk, dtype=np.float64)
-    bad = ~np.isfinite(risk) | (risk > threshold)
-    diverged = bool(bad.any())
-    div_time = float(t_rec[np.argmax(bad)]) if diverged else float("nan")
-    risk[np.maximum.accumulate(bad)] = np.inf
-    lr_path, clip_path = eq.paths(t_rec, risk)
+    risk, diverged, div_time = mark_divergence(np.asarray(risk, dtype=np.float64), t_rec, threshold)
+    diverged, div_time = bool(diverged), float(div_time)
+    lr_path, clip_path = _hold_last(*eq.paths(t_rec, risk))
     desc = alg.describe()
     params = {
         "kind": "ode",

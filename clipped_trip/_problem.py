@@ -12,6 +12,15 @@ from ._noise import NoiseLaw
 __all__ = ["Problem"]
 
 
+def _check_size(d: int) -> int:
+    """Refuse a dimension whose arrays (eigenvalues, x0, x*, their validated copies: ~6 d float64)
+    would not fit in memory, before allocating them."""
+    from ._engine import check_memory
+
+    check_memory(f"a problem of dimension d = {d:.4g}", {"problem arrays": 48.0 * d}, "d")
+    return d
+
+
 def _check_noise(noise):
     if not isinstance(noise, NoiseLaw):
         raise ValueError(f"noise must be a NoiseLaw such as Gaussian(0.5), got {noise!r}")
@@ -129,7 +138,7 @@ class Problem:
     @classmethod
     def isotropic(cls, d: int, noise, *, x0=None, x_star=None) -> "Problem":
         """K = I_d. Default x* = 0, x0 = ones / sqrt(d) (so R0 = 1/2)."""
-        d = V.count("d", d)
+        d = _check_size(V.count("d", d))
         return cls._with_defaults(np.ones(d), noise, x0, x_star, "isotropic")
 
     @classmethod
@@ -145,7 +154,7 @@ class Problem:
         x_star=None,
     ) -> "Problem":
         """``round(fraction d)`` eigenvalues ``high``, the rest ``low``."""
-        d = V.count("d", d)
+        d = _check_size(V.count("d", d))
         high = V.positive("high", high)
         low = V.nonnegative("low", low)
         fraction = V.real("fraction", fraction, lo=0.0, hi=1.0)
@@ -158,7 +167,7 @@ class Problem:
         cls, d: int, alpha: float, noise, *, normalize: bool = True, x0=None, x_star=None
     ) -> "Problem":
         """lambda_j = j^-alpha, j = 1..d (already ||K|| = 1; ``normalize`` divides by the max)."""
-        d = V.count("d", d)
+        d = _check_size(V.count("d", d))
         alpha = V.nonnegative("alpha", alpha)
         lam = np.arange(1, d + 1, dtype=np.float64) ** (-alpha)
         if normalize:

@@ -24,11 +24,21 @@ import numpy as np
 
 from . import _validate as V
 from ._clipped_sgd import clipped_step
-from ._engine import check_run_args, map_runs, record_grid, run_keys, step_table
+from ._engine import (
+    SliceClock,
+    check_memory,
+    check_run_args,
+    check_work,
+    chunk_items,
+    record_grid,
+    run_keys,
+    step_table,
+)
 from ._noise import NoiseLaw
 from ._problem import Problem
 from ._random import gamma_sample
 from ._results import RiskPaths, mark_divergence
+from ._schedules import is_constant
 
 __all__ = ["ReducedProblem", "simulate_reduced"]
 
@@ -110,8 +120,8 @@ _BLOCK = 32768  # steps whose random numbers are drawn together (fixed: part of 
 # large blocks amortise the per-call cost of jax.random on CPU (2048: 240 ns/step, 32768: 105)
 
 
-@partial(jax.jit, static_argnames=("noise", "chunk"))
-def _reduced_core(
+@partial(jax.jit, static_argnames=("noise",))
+def _reduced_slice(
     lam,
     sqrt_lam,
     chi_df,
@@ -124,17 +134,19 @@ def _reduced_core(
     rec_steps,
     n_steps,
     noise,
-    chunk,
-    n_blocks,
-):  # n_blocks traced: a new T does not recompile
-    """Block-norm chain; random numbers drawn per block of _BLOCK steps (vectorised), then a
-    sequential scan does the arithmetic; risks recorded after the steps listed in rec_steps."""
+    carry,
+    b0,
+    b1,
+):  # b0, b1 traced: a new T or slice does not recompile
+    """Blocks b0 .. b1 - 1 of one chunk of runs (lr_tab, clip_tab, keys: one row per run; carry:
+    (n (chunk, m), out (chunk, n_rec))). Block-norm chain; random numbers drawn per block of
+    _BLOCK steps (vectorised), then a sequential scan does the arithmetic; risks recorded after
+    the steps listed in rec_steps. Slicing the blocks does not change a bit."""
     m = lam.shape[0]
     n_lr, n_clip = lr_tab.shape[1], clip_tab.shape[1]
     half_df = jnp.maximum(chi_df, 1.0) / 2
 
-    def one_run(rows, key):
-        lr_row, clip_row = rows["lr"], rows["clip"]
+    def one_run(lr_row, clip_row, key, carry):
 
         def risk_of(n):
             return 0.5 * jnp.dot(lam, n)
@@ -169,10 +181,14 @@ def _reduced_core(
             out = jnp.where(inside, risks[jnp.clip(idx, 0, _BLOCK - 1)], out)
             return n, out
 
-        out = jnp.where(rec_steps == 0, risk_of(n0), jnp.nan)
-        return jax.lax.fori_loop(0, n_blocks, block, (n0, out))[1]
+        return jax.lax.fori_loop(b0, b1, block, carry)
 
-    return map_runs(one_run, {"lr": lr_tab, "clip": clip_tab}, keys, chunk)
+    return jax.vmap(one_run)(lr_tab, clip_tab, keys, carry)
+
+
+def _reduced_init(lam, n0, rec_steps, chunk):
+    out = jnp.where(rec_steps == 0, 0.5 * jnp.dot(lam, n0), jnp.nan)
+    return jnp.broadcast_to(n0, (chunk,) + n0.shape), jnp.broadcast_to(out, (chunk,) + out.shape)
 
 
 def simulate_reduced(
@@ -188,10 +204,14 @@ def simulate_reduced(
     first_run: int = 0,
     divergence_threshold=None,
     run_chunk: int | None = None,
+    progress=None,
+    max_work=None,
 ) -> RiskPaths:
     """Clipped SGD on a spectrum with few distinct eigenvalues, O(m) per step (float64).
 
-    Same arguments and result as :func:`simulate`; same law, not the same random stream.
+    Same arguments and result as :func:`simulate` (divergence rule, ``progress``, ``max_work``
+    counted as runs x steps x blocks, memory check, Ctrl-C within about a second); same law, not
+    the same random stream.
 
     References: SPEC section 7 (exact block-norm Markov chain).
     """
@@ -201,6 +221,19 @@ def simulate_reduced(
     chunk = V.count("run_chunk", run_chunk or 16)  # O(m) state: the random blocks dominate
     D = problem.D
     t, steps, n_steps = record_grid(D, T, times, n_records)
+    n_items = -(-runs // chunk) * chunk
+    knots = 1 if (is_constant(lr) and is_constant(clip)) else n_steps
+    m = problem.eigenvalues.size
+    check_memory(
+        "simulate_reduced",
+        {
+            "records (padded runs x records)": 5.0 * 8 * n_items * t.size,
+            "random blocks (chunk x 32768 x blocks)": 6.0 * 8 * chunk * _BLOCK * m,
+            "schedule tables (steps)": 8.0 * 4 * knots,
+        },
+        "runs, n_records, T or run_chunk",
+    )
+    check_work("simulate_reduced", float(n_items) * n_steps * m, max_work, "runs or T")
     lr_tab = step_table("lr", lr, n_steps, D, False)[None, :]
     clip_tab = step_table("clip", clip, n_steps, D, True)[None, :]
     rec_steps, where_rec = np.unique(steps, return_inverse=True)
@@ -208,23 +241,48 @@ def simulate_reduced(
     lam = problem.eigenvalues
     with jax.enable_x64(True):
         f = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
-        risk = _reduced_core(
+        consts = (
             f(lam),
             f(np.sqrt(lam)),
             f(problem.multiplicities - 1),
             f(problem.initial_sq_norms),
             f(1.0 / D),
             f(math.sqrt(D)),
-            f(lr_tab),
-            f(clip_tab),
-            run_keys(seed, first_run, runs),
-            jnp.asarray(rec_steps, jnp.int64),
-            jnp.asarray(n_steps, jnp.int64),
-            problem.noise,
-            chunk,
-            jnp.asarray(n_blocks, jnp.int64),
         )
-        risk = np.asarray(risk, dtype=np.float64)[0][:, where_rec]
+        keys = run_keys(seed, first_run, runs)
+        cell_of, run_of = chunk_items(1, runs, chunk)
+        rec = jnp.asarray(rec_steps, jnp.int64)
+        n_steps_ = jnp.asarray(n_steps, jnp.int64)
+        lr_d, clip_d = f(lr_tab), f(clip_tab)
+        clock = SliceClock(
+            len(cell_of) * n_blocks, 110e-9 * _BLOCK * chunk, progress, "simulate_reduced"
+        )
+        parts = []
+        try:
+            for ci in range(len(cell_of)):
+                carry = _reduced_init(consts[0], consts[3], rec, chunk)
+                b = 0
+                while b < n_blocks:
+                    nb = min(clock.budget(), n_blocks - b)
+                    carry = _reduced_slice(
+                        *consts,
+                        lr_d[cell_of[ci]],
+                        clip_d[cell_of[ci]],
+                        keys[run_of[ci]],
+                        rec,
+                        n_steps_,
+                        problem.noise,
+                        carry,
+                        jnp.asarray(b, jnp.int64),
+                        jnp.asarray(b + nb, jnp.int64),
+                    )
+                    jax.block_until_ready(carry)
+                    clock.done(nb)
+                    b += nb
+                parts.append(np.asarray(carry[1], dtype=np.float64))
+        finally:
+            clock.close()
+        risk = np.concatenate(parts, axis=0)[:runs][:, where_rec]
     t = steps / D  # the times actually simulated
     risk, diverged, when = mark_divergence(risk, t, threshold)
     params = {
@@ -236,4 +294,8 @@ def simulate_reduced(
         "D": D,
         "blocks": int(lam.size),
     }
+    if not math.isfinite(problem.noise.second_moment):
+        unclipped = np.flatnonzero(np.isinf(clip_tab[0]))
+        if unclipped.size:
+            params["infinite_mean_from"] = float(unclipped[0] / D) if clip_tab.size > 1 else 0.0
     return RiskPaths(t, risk, diverged, when, params)

@@ -2,36 +2,89 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RiskPaths", "ODEResult", "mark_divergence", "divergence_limit"]
+__all__ = [
+    "RiskPaths",
+    "ODEResult",
+    "mark_divergence",
+    "divergence_limit",
+    "DIVERGENCE_FACTOR",
+    "risk_scale",
+]
+
+#: a run has diverged when its risk passes DIVERGENCE_FACTOR x risk_scale and stays above
+DIVERGENCE_FACTOR = 1e6
 
 
-def divergence_limit(threshold, initial_risk: float) -> float:
-    """The risk above which a run counts as diverged: ``threshold`` or 1e12 max(R0, 1)."""
+def risk_scale(initial_risk: float, noise=None) -> float:
+    """The risk scale of a problem: max(R0, E[eps^2]) (scale^2 for laws of infinite variance).
+
+    Every run that converges stays within a modest factor of this: unclipped SGD (gamma < 2)
+    tends to gamma E[eps^2] / (2 (2 - gamma)) whatever the spectrum (the ODE's fixed point), which
+    exceeds 1e6 E[eps^2] only for gamma > 2 - 1e-6, and it approaches it at a rate ~ (2 - gamma),
+    so within any feasible horizon it is not reached; clipped SGD never diverges (its drift grows
+    like sqrt(R) against a noise bounded by c^2).
+    """
+    ref = float(initial_risk) if math.isfinite(initial_risk) else 0.0
+    if noise is not None:
+        m2 = float(noise.second_moment)
+        if not math.isfinite(m2):
+            m2 = float(getattr(noise, "scale", 1.0)) ** 2
+        ref = max(ref, m2)
+    return max(ref, 1e-300)
+
+
+def divergence_limit(threshold, initial_risk: float, noise=None) -> float:
+    """The level L above which a run counts as diverged (if it stays above; see mark_divergence).
+
+    Default L = 1e6 x max(R0, E[eps^2]) (:func:`risk_scale`; scale^2 stands for E[eps^2] for laws
+    of infinite variance); ``threshold`` (a number > 0) overrides it. The same rule serves
+    simulate, sweep, simulate_sde, simulate_reduced and solve_ode. Numbers behind the factor:
+    unclipped Gaussian SGD (std 0.5, R0 = 0.5) at gamma = 3 passes 1e8 by t = 10 and grows
+    without bound, while at gamma = 1.9 the stationary level is gamma E[eps^2] / (2 (2 - gamma))
+    = 9.5 E[eps^2]: 5 orders of magnitude below L.
+    """
     from . import _validate as V
 
     if threshold is None:
-        return 1e12 * max(initial_risk, 1.0)
+        return DIVERGENCE_FACTOR * risk_scale(initial_risk, noise)
     return V.positive("divergence_threshold", threshold)
 
 
 def mark_divergence(risk: np.ndarray, t: np.ndarray, threshold: float):
-    """Find runs whose risk overflowed (non-finite or above ``threshold``).
+    """Mark diverged runs (the one rule shared by every simulator and the ODE).
 
-    Returns (risk, +inf from the first overflow on; diverged mask; first divergence time or NaN).
-    Works on any leading shape; the last axis is time.
+    A run has diverged from the first record time ``t_i`` such that its risk is above
+    ``threshold`` (see :func:`divergence_limit`) at ``t_i`` and at every later record (it exceeds
+    a level no convergent run reaches and stays there), or from its first non-finite risk (an
+    overflowed state never recovers). A run that passes the level and comes back (e.g. a large
+    kick of heavy-tailed noise) is not diverged and keeps its values.
+
+    Returns (risk with +inf from the divergence on, never NaN; diverged mask; divergence time or
+    NaN). Works on any leading shape; the last axis is time.
     """
     risk = np.array(risk, dtype=np.float64)
-    bad = ~np.isfinite(risk) | (risk > threshold)
-    after = np.maximum.accumulate(bad, axis=-1)
+    t = np.asarray(t, dtype=np.float64)
+    nonfinite = ~np.isfinite(risk)
+    sticky = np.maximum.accumulate(nonfinite, axis=-1)  # overflow never recovers
+    with np.errstate(invalid="ignore"):
+        above = nonfinite | (risk > threshold)
+    # above at this record and at every later one: reverse cumulative AND
+    stays = np.flip(np.minimum.accumulate(np.flip(above, axis=-1), axis=-1), axis=-1)
+    after = sticky | stays
     risk[after] = np.inf
-    diverged = after[..., -1]
-    first = np.argmax(bad, axis=-1)
-    when = np.where(diverged, np.asarray(t)[first], np.nan)
+    diverged = after[..., -1] if risk.shape[-1] else np.zeros(risk.shape[:-1], bool)
+    first = np.argmax(after, axis=-1)
+    when = np.where(diverged, t[first] if t.size else np.nan, np.nan)
     return risk, diverged, when
+
+
+def _never(shape):
+    return np.full(shape, np.inf)
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,10 +93,14 @@ class RiskPaths:
 
     Attributes:
         t: record times (1-D, time unit k / D).
-        risk: shape (..., runs, len(t)); +inf from a run's divergence on.
-        diverged: shape (..., runs), True where the risk overflowed.
-        divergence_time: shape (..., runs), first record time at which it did (NaN otherwise).
-        params: the parameters that produced it (JSON-friendly).
+        risk: shape (..., runs, len(t)); +inf from a run's divergence on (never NaN).
+        diverged: shape (..., runs), True where the run diverged (see :func:`mark_divergence`).
+        divergence_time: shape (..., runs), first record time of the divergence (NaN otherwise).
+        params: the parameters that produced it (JSON-friendly). ``params["infinite_mean_from"]``
+            (a time, or a nested list per sweep cell with None for "never"), when present, is the
+            time after which the *expected* risk is infinite (a step without clipping under noise
+            of infinite variance: the ODE and the SDE diverge there at once); ``mean`` is +inf
+            after it, whatever the finite sample says.
         samples: examples used up to each record time (batch x steps), where known.
     """
 
@@ -58,19 +115,44 @@ class RiskPaths:
     def runs(self) -> int:
         return int(self.risk.shape[-2])
 
+    def infinite_mean_from(self) -> np.ndarray:
+        """Per cell (shape risk.shape[:-2]): time after which E[risk] is infinite (inf: never)."""
+        raw = self.params.get("infinite_mean_from") if isinstance(self.params, dict) else None
+        shape = self.risk.shape[:-2]
+        if raw is None:
+            return _never(shape)
+        arr = np.array(raw, dtype=object)
+        out = np.where(arr == None, np.inf, arr).astype(np.float64)  # noqa: E711
+        return np.broadcast_to(out, shape).copy()
+
+    def _infinite_mask(self):
+        """(..., len(t)) True where the expected risk is infinite."""
+        start = self.infinite_mean_from()
+        return np.asarray(self.t)[(None,) * start.ndim] > start[..., None]
+
     def _finite_runs(self, exclude_diverged):
         if not exclude_diverged:
             return self.risk
-        return np.where(self.diverged[..., None], np.nan, self.risk)
+        # all runs of a cell diverged: nothing is excluded there (the statistic is +inf)
+        every = self.diverged.all(axis=-1, keepdims=True)
+        drop = self.diverged & ~every
+        return np.where(drop[..., None], np.nan, self.risk)
 
     def mean(self, exclude_diverged: bool = False) -> np.ndarray:
-        """Mean risk over runs (inf if any run diverged, unless ``exclude_diverged``)."""
+        """Mean risk over runs: +inf if any run diverged (unless ``exclude_diverged``), +inf where
+        every run diverged, and +inf where the expected risk is infinite (``infinite_mean_from``).
+        Never NaN, no warnings."""
         r = self._finite_runs(exclude_diverged)
-        with np.errstate(invalid="ignore"):
-            return np.nanmean(r, axis=-2) if exclude_diverged else r.mean(axis=-2)
+        keep = ~np.isnan(r)
+        n = keep.sum(axis=-2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.where(keep, r, 0.0).sum(axis=-2)
+            m = np.where(n > 0, s / np.maximum(n, 1), np.inf)
+        return np.where(self._infinite_mask(), np.inf, m)
 
     def quantiles(self, qs=(0.1, 0.5, 0.9), exclude_diverged: bool = False) -> np.ndarray:
-        """Quantiles over runs, shape (len(qs), ..., len(t)); diverged runs count as +inf."""
+        """Quantiles over runs, shape (len(qs), ..., len(t)); diverged runs count as +inf (or are
+        left out with ``exclude_diverged``, unless all of them diverged: then +inf)."""
         r = self._finite_runs(exclude_diverged)
         f = np.nanquantile if exclude_diverged else np.quantile
         return f(r, np.asarray(qs), axis=-2)
@@ -82,16 +164,31 @@ class RiskPaths:
         return q[0], q[1]
 
     def std_error(self) -> np.ndarray:
-        return self.risk.std(axis=-2, ddof=1) / np.sqrt(self.runs)
+        """Standard error of the mean over runs (+inf where a run is infinite, never NaN)."""
+        r = self.risk
+        bad = ~np.isfinite(r).all(axis=-2)
+        with np.errstate(invalid="ignore", over="ignore"):
+            se = np.where(np.isfinite(r), r, 0.0).std(axis=-2, ddof=1) / np.sqrt(self.runs)
+        se = np.where(bad, np.inf, np.nan_to_num(se, nan=0.0))
+        return np.where(self._infinite_mask(), np.inf, se)
 
     def divergence_report(self) -> str:
         n = int(self.diverged.sum())
+        start = self.infinite_mean_from()
+        inf_note = ""
+        if np.isfinite(start).any():
+            inf_note = (
+                f"expected risk infinite from t = {float(np.min(start)):.4g} on (no clipping, "
+                "noise of infinite variance: the mean over runs diverges; the ODE and SDE do too)"
+            )
         if n == 0:
-            return "no run diverged"
+            return inf_note or "no run diverged"
         first = np.nanmin(self.divergence_time)
-        return (
-            f"{n} of {self.diverged.size} runs diverged (risk overflowed; first at t = {first:.4g})"
+        text = (
+            f"{n} of {self.diverged.size} runs diverged (risk above the divergence level and "
+            f"growing; first at t = {first:.4g})"
         )
+        return f"{text}; {inf_note}" if inf_note else text
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,10 +196,12 @@ class ODEResult:
     """Deterministic risk curve from the ODE (SPEC section 4).
 
     Attributes:
-        t, risk: 1-D arrays.
+        t, risk: 1-D arrays (risk +inf from the divergence on, never NaN).
         lr_path, clip_path: the effective learning rate and clip threshold along the path (for
-            risk-dependent schedules these are what ``simulate`` needs as time schedules).
-        diverged, divergence_time: whether (and when) the risk overflowed.
+            risk-dependent schedules these are what ``simulate`` needs as time schedules). After a
+            divergence they hold their last finite value (never NaN): the schedule the solve
+            last used.
+        diverged, divergence_time: whether (and from which record time) the risk diverged.
     """
 
     t: np.ndarray

@@ -24,13 +24,17 @@ import numpy as np
 from . import _validate as V
 from ._algorithm import as_algorithm
 from ._engine import (
+    SliceClock,
     at_step,
+    check_memory,
     check_run_args,
+    check_work,
+    chunk_items,
     chunk_size,
-    interval_bounds,
-    map_runs,
+    out_of_memory_as_value_error,
     resolve_dtype,
     run_keys,
+    run_segmented,
     steps_of,
 )
 from ._problem import Problem
@@ -54,20 +58,28 @@ def _log_table(mu, nu):
     return np.log(np.maximum(mu, tiny)), np.log(np.maximum(nu, tiny))
 
 
-@partial(jax.jit, static_argnames=("mode", "chunk"))
-def _sde_core(inputs, keys, mode, chunk):
-    """inputs: lam, sqrt_lam, x0, inv_D, dt, tables {lr, clip} (1, knots), bounds, the factor
-    tables (log_r, tab_mu, tab_nu, log_c or z grid), m2 and inv_B (unclipped nu_eff)."""
-    lam, sqrt_lam, x0 = inputs["lam"], inputs["sqrt_lam"], inputs["x0"]
-    inv_D, dt = inputs["inv_D"], inputs["dt"]
+def _interp_extrap(x, xp, fp):
+    """Linear interpolation in the table, linear extrapolation (end slopes) outside it.
+
+    The tables are log f against log R; outside the grid the factors follow power laws (mu and nu
+    tend to constants as R -> 0 with noise, nu = 2R exactly without; mu ~ R^-1/2, nu -> c^2 as
+    R -> inf), so the end slopes continue them instead of freezing the factors (a frozen
+    nu(R_min) stalled noiseless runs near 1e-11 R0)."""
+    inside = jnp.interp(x, xp, fp)
+    lo = fp[0] + (x - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
+    hi = fp[-1] + (x - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+    return jnp.where(x < xp[0], lo, jnp.where(x > xp[-1], hi, inside))
+
+
+def _factor_fn(inputs, mode):
     log_r, tab_mu, tab_nu, log_c = (inputs[k] for k in ("log_r", "tab_mu", "tab_nu", "log_c"))
     m2, inv_B, z_scale = inputs["m2"], inputs["inv_B"], inputs["z_scale"]
-    d = x0.shape[0]
 
     def bilinear(x, y, grid_y):
         i = jnp.clip(jnp.searchsorted(log_r, x) - 1, 0, log_r.size - 2)
         j = jnp.clip(jnp.searchsorted(grid_y, y) - 1, 0, grid_y.size - 2)
-        fx = jnp.clip((x - log_r[i]) / (log_r[i + 1] - log_r[i]), 0.0, 1.0)
+        # in log R: linear extrapolation from the end cells (see _interp_extrap)
+        fx = (x - log_r[i]) / (log_r[i + 1] - log_r[i])
         fy = jnp.clip((y - grid_y[j]) / (grid_y[j + 1] - grid_y[j]), 0.0, 1.0)
 
         def bil(tab):
@@ -86,7 +98,10 @@ def _sde_core(inputs, keys, mode, chunk):
         if mode == "unclipped":
             return jnp.ones_like(R), unclipped_nu
         if mode == "risk":  # tables in log R only
-            return jnp.exp(jnp.interp(x, log_r, tab_mu)), jnp.exp(jnp.interp(x, log_r, tab_nu))
+            return (
+                jnp.exp(_interp_extrap(x, log_r, tab_mu)),
+                jnp.exp(_interp_extrap(x, log_r, tab_nu)),
+            )
         if mode == "shift":  # clip of the mean: (log R, z), z = (B + 1) G / (2 D R)
             z = z_scale * G / jnp.maximum(R, 1e-300)
             return bilinear(x, z, log_c)
@@ -95,7 +110,23 @@ def _sde_core(inputs, keys, mode, chunk):
         unclipped = jnp.isinf(c)
         return jnp.where(unclipped, 1.0, mu), jnp.where(unclipped, unclipped_nu, nu)
 
-    def one_run(rows, key):
+    return factors
+
+
+@partial(jax.jit, static_argnames=("mode",))
+def _sde_slice(inputs, rows, keys, x, bounds, mode):
+    """One slice of one chunk of runs: advance x (chunk, d) over the segments ``bounds``.
+
+    inputs: lam, sqrt_lam, inv_D, dt, the factor tables (log_r, tab_mu, tab_nu, log_c or z
+    grid), m2 and inv_B (unclipped nu_eff); rows: per-run step tables {lr, clip}. Step k of a run
+    uses fold_in(run key, k): slices do not change a bit.
+    """
+    lam, sqrt_lam = inputs["lam"], inputs["sqrt_lam"]
+    inv_D, dt = inputs["inv_D"], inputs["dt"]
+    factors = _factor_fn(inputs, mode)
+    d = lam.shape[0]
+
+    def one_run(rows, key, x):
         def step(k, x):
             lx = lam * x
             R = 0.5 * jnp.dot(lx, x)
@@ -111,9 +142,9 @@ def _sde_core(inputs, keys, mode, chunk):
             x = jax.lax.fori_loop(bound[0], bound[1], step, x)
             return x, 0.5 * jnp.dot(lam * x, x)
 
-        return jax.lax.scan(interval, x0, inputs["bounds"])[1]
+        return jax.lax.scan(interval, x, bounds)
 
-    return map_runs(one_run, inputs["tables"], keys, chunk)
+    return jax.vmap(one_run)(rows, keys, x)
 
 
 def simulate_sde(
@@ -132,13 +163,19 @@ def simulate_sde(
     first_run: int = 0,
     divergence_threshold=None,
     run_chunk: int | None = None,
+    progress=None,
+    max_work=None,
 ) -> RiskPaths:
     """Homogenized SGD (C-HSGD) of an algorithm by Euler-Maruyama with step ``dt`` (t = k / D).
 
     Same arguments and result type as :func:`simulate` (an algorithm, or the v0.1 form
     ``lr, clip``); the clip may also be a :class:`RiskSchedule` here (evaluated at each run's own
     risk). Record times are rounded to multiples of ``dt``. Clip of the mean at batch > 1 takes a
-    constant or risk-dependent clip.
+    constant or risk-dependent clip. Divergence: the rule of :func:`simulate` (level
+    ``divergence_threshold``, default 1e6 max(R0, E[eps^2])); without clipping under noise of
+    infinite variance nu is infinite and every run diverges at once (from the first record
+    after t = 0), as the ODE does. ``progress``, ``max_work``, the memory check and Ctrl-C: as
+    in :func:`simulate`.
 
     References: arXiv 2406.11733, C-HSGD (Sec. 3); SPEC sections 4 and 8.
     """
@@ -150,7 +187,10 @@ def simulate_sde(
     chunk = chunk_size(problem.d, run_chunk)
     dtype_ = resolve_dtype(dtype)
     if times is None:
-        t = np.linspace(0.0, V.positive("T", T), V.count("n_records", n_records, lo=2))
+        T = V.positive("T", T)
+        n_records = V.count("n_records", n_records, lo=2)
+        check_memory("the record grid", {"record times": 48.0 * n_records}, "n_records")
+        t = np.linspace(0.0, T, n_records)
     else:
         t = np.asarray(V.vector("times", times), dtype=np.float64)
         if np.any(t < 0) or np.any(np.diff(t) < 0):
@@ -163,8 +203,23 @@ def simulate_sde(
         )
     steps, n_steps = steps_of(t, None, "T / dt", step=dt)
     n_steps = max(n_steps, 1)
-    step_t = np.arange(n_steps) * dt
     lr, clip = alg.lr, alg.clip
+    n_items = -(-runs // chunk) * chunk
+    scheduled = not (is_constant(lr) and (is_constant(clip) or isinstance(clip, RiskSchedule)))
+    knots = n_steps if scheduled else 1
+    itemsize = jnp.dtype(dtype_).itemsize
+    check_memory(
+        "simulate_sde",
+        {
+            "records (padded runs x records)": 4.0 * 8 * n_items * t.size,
+            "per-chunk working set (chunk x d)": 8.0 * chunk * problem.d * itemsize,
+            "schedule tables (steps)": (3 * 8.0 + 2.0 * itemsize * chunk) * knots,
+            "problem arrays": 8.0 * 6 * problem.d,
+        },
+        "runs, n_records, d or T / dt (a larger dt)",
+    )
+    check_work("simulate_sde", float(n_items) * n_steps * problem.d, max_work, "runs, T / dt or d")
+    step_t = np.arange(n_steps) * dt if scheduled else np.zeros(1)
     eq = alg.deterministic(problem, use_table=False)
     lr_tab = (
         time_schedule_values("lr", lr, np.zeros(1))
@@ -229,7 +284,6 @@ def simulate_sde(
         "inv_D": f(1.0 / problem.D),
         "dt": f(dt),
         "tables": {"lr": f(lr_tab[None, :]), "clip": f(clip_tab[None, :])},
-        "bounds": jnp.asarray(interval_bounds(steps)),
         "log_r": f(log_r),
         "tab_mu": f(tab_mu),
         "tab_nu": f(tab_nu),
@@ -238,7 +292,22 @@ def simulate_sde(
         "inv_B": f(1.0 / alg.samples_per_step()),
         "z_scale": f(z_scale),
     }
-    risk = _sde_core(inputs, run_keys(seed, first_run, runs), mode, chunk)
+    keys = run_keys(seed, first_run, runs)
+    cell_of, run_of = chunk_items(1, runs, chunk)
+    tables = inputs.pop("tables")
+    clock = SliceClock(len(cell_of) * n_steps, 8e-9 * chunk * problem.d, progress, "simulate_sde")
+    rows_of = {}
+
+    def init(ci):
+        rows_of.clear()
+        rows_of[ci] = {k: v[cell_of[ci]] for k, v in tables.items()}
+        return jnp.broadcast_to(inputs["x0"], (chunk, problem.d))
+
+    def call(ci, x, bounds):
+        return _sde_slice(inputs, rows_of[ci], keys[run_of[ci]], x, bounds, mode)
+
+    with out_of_memory_as_value_error("simulate_sde", "runs, n_records, d or T / dt"):
+        risk = run_segmented(call, init, steps, len(cell_of), clock)[None, :runs]
     t = steps * dt  # the times actually simulated (record times rounded to multiples of dt)
     risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
     desc = alg.describe()

@@ -24,18 +24,22 @@ import numpy as np
 from . import _validate as V
 from ._algorithm import Algorithm, as_algorithm
 from ._engine import (
+    SliceClock,
     at_step,
+    check_memory,
     check_run_args,
     check_seed,
+    check_work,
+    chunk_items,
     chunk_size,
-    interval_bounds,
-    map_runs,
+    out_of_memory_as_value_error,
     record_grid,
     resolve_dtype,
-    run_keys_traced,
+    run_segmented,
 )
 from ._problem import Problem
 from ._results import RiskPaths, mark_divergence
+from ._schedules import is_constant
 
 __all__ = ["simulate", "sweep", "trace_count", "record_grid", "chunk_size"]
 
@@ -48,20 +52,22 @@ def trace_count() -> int:
     return _TRACES["count"]
 
 
-@partial(jax.jit, static_argnames=("kernel", "noise", "chunk", "runs"))
-def _simulate_core(inputs, kernel, noise, chunk, runs):
-    """Records (cells, runs, n_records) of ``kernel`` for per-cell step tables ``inputs["tables"]``.
+@partial(jax.jit, static_argnames=("kernel", "noise"))
+def _simulate_slice(model, rows, seed, ids, carry, bounds, kernel, noise):
+    """One slice of one chunk: advance each item's carry (e, state) over the segments ``bounds``.
 
-    ``inputs``: model (sqrt_lam, inv_D, sqrt_D), e0, tables {name: (cells, knots)}, seed,
-    first_run, bounds (record intervals). The step's key is fold_in(run key, k).
+    ``rows``: per-item step tables {name: (chunk, knots)}; ``ids``: the items' run indices
+    (first_run + j, uint32); ``carry``: (e (chunk, d), state); ``bounds``: (SEGMENTS, 2) step
+    ranges, each followed by a record. The step's key is fold_in(fold_in(key(seed), j), k), the
+    arithmetic per step is that of one uninterrupted loop: slices do not change a bit. The
+    shapes depend on (chunk, d, knots) only: one compile per problem width, whatever the number
+    of runs, cells, records or slices.
     """
     _TRACES["count"] += 1  # Python side effect: runs once per trace, never at run time
-    keys = run_keys_traced(
-        inputs["seed"], inputs["first_run"], runs
-    )  # in-program: no extra compile
-    model = inputs["model"]
+    base = jax.random.key(seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
 
-    def one_run(rows, key):
+    def one_run(rows, key, carry):
         def step(k, carry):
             e, state = carry
             sched = {name: at_step(row, k) for name, row in rows.items()}
@@ -69,43 +75,97 @@ def _simulate_core(inputs, kernel, noise, chunk, runs):
 
         def interval(carry, bound):
             carry = jax.lax.fori_loop(bound[0], bound[1], step, carry)
-            return carry, kernel.records(model, *carry)
+            return carry, kernel.records(model, *carry)["risk"]
 
-        start = (inputs["e0"], kernel.init_state(model))
-        return jax.lax.scan(interval, start, inputs["bounds"])[1]
+        return jax.lax.scan(interval, carry, bounds)
 
-    return map_runs(one_run, inputs["tables"], keys, chunk)
+    return jax.vmap(one_run)(rows, keys, carry)
 
 
-def _run(problem, algorithms, T, runs, seed, times, n_records, dtype, first_run, threshold, chunk):
+def _init_carry(kernel, model, e0, chunk):
+    e = jnp.broadcast_to(e0, (chunk,) + e0.shape)
+    state = jax.vmap(lambda _: kernel.init_state(model))(jnp.arange(chunk))
+    return (e, state)
+
+
+def _estimates(problem, n_items, n_rec, width, chunk, knots, cells, itemsize):
+    """Bytes of what a simulate call holds (the records dominate at many runs or records)."""
+    return {
+        "records (padded runs x records)": 4.0 * 8 * n_items * n_rec,
+        "per-chunk working set (chunk x batch x d)": 8.0 * chunk * width * itemsize,
+        "schedule tables": (8.0 * cells + 2.0 * itemsize * chunk) * knots,
+        "problem arrays": 8.0 * 6 * problem.d,
+    }
+
+
+def _run(
+    problem, algorithms, T, runs, seed, times, n_records, dtype, first_run, threshold, chunk,
+    progress=None, max_work=None,
+):
     """Run every algorithm (cells of one kernel) on the same random stream."""
     runs, first_run, threshold = check_run_args(problem, Problem, runs, first_run, threshold)
     dt = resolve_dtype(dtype)
     kernel = algorithms[0].kernel()
     D = problem.D
-    t, steps, n_steps = record_grid(D, T, times, n_records)
-    per_cell = [alg.step_tables(n_steps, D) for alg in algorithms]
-    tables = {name: np.stack([cell[name] for cell in per_cell]) for name in per_cell[0]}
     batch = algorithms[0].samples_per_step()
-    chunk = chunk_size(problem.d * batch, chunk, minimum=16 if batch == 1 else 1)
+    width = problem.d * batch
+    chunk = chunk_size(width, chunk, minimum=16 if batch == 1 else 1)
+    t, steps, n_steps = record_grid(D, T, times, n_records)
+    n_cells = len(algorithms)
+    n_items = -(-(n_cells * runs) // chunk) * chunk
+    knots = (
+        1
+        if all(is_constant(getattr(a, n, None)) for a in algorithms for n in ("lr", "clip"))
+        else n_steps
+    )
+    parts = _estimates(problem, n_items, len(t), width, chunk, knots, n_cells, dt.itemsize)
+    check_memory("simulate", parts, "runs, n_records, d, batch or run_chunk")
+    check_work("simulate", float(n_items) * max(n_steps, 1) * width, max_work, "runs, T or d")
     seed_, first_ = check_seed(seed, first_run, runs)
-    inputs = {
-        "model": {
+    with out_of_memory_as_value_error("simulate", "runs, n_records, d or run_chunk"):
+        per_cell = [alg.step_tables(n_steps, D) for alg in algorithms]
+        tables = {name: np.stack([cell[name] for cell in per_cell]) for name in per_cell[0]}
+        model = {
             "sqrt_lam": jnp.asarray(np.sqrt(problem.eigenvalues), dt),
             "inv_D": jnp.asarray(1.0 / D, dt),
             "sqrt_D": jnp.asarray(math.sqrt(D), dt),
-        },
-        "e0": jnp.asarray(problem.initial_error, dt),
-        "tables": {k: jnp.asarray(v, dt) for k, v in tables.items()},
-        "seed": seed_,
-        "first_run": first_,
-        "bounds": jnp.asarray(interval_bounds(steps)),
-    }
-    records = _simulate_core(inputs, kernel, problem.noise, chunk, runs)
-    risk = np.asarray(records["risk"], dtype=np.float64)
+        }
+        e0 = jnp.asarray(problem.initial_error, dt)
+        cell_of, run_of = chunk_items(n_cells, runs, chunk)
+        ids = (int(first_) + run_of).astype(np.uint32)
+        clock = SliceClock(
+            len(cell_of) * max(n_steps, 1), 5e-9 * chunk * width, progress, "simulate"
+        )
+        rows_of = {}
+
+        def init(ci):
+            rows_of.clear()
+            rows_of[ci] = {k: jnp.asarray(v[cell_of[ci]], dt) for k, v in tables.items()}
+            return _init_carry(kernel, model, e0, chunk)
+
+        def call(ci, carry, bounds):
+            return _simulate_slice(
+                model, rows_of[ci], seed_, jnp.asarray(ids[ci]), carry, bounds, kernel,
+                problem.noise,
+            )
+
+        records = run_segmented(call, init, steps, len(cell_of), clock)
+    risk = records[: n_cells * runs].reshape(n_cells, runs, -1)
     t_true = steps / D  # the times actually simulated (record times rounded to steps)
     risk, diverged, when = mark_divergence(risk, t_true, threshold)
     return t_true, steps, risk, diverged, when, batch
+
+
+def infinite_mean_from(noise, alg, n_steps, D):
+    """Time after which E[risk] is infinite for this algorithm (first unclipped step under noise
+    of infinite variance), or None."""
+    if math.isfinite(noise.second_moment):
+        return None
+    clip = alg.step_tables(n_steps, D)["clip"]
+    unclipped = np.flatnonzero(np.isinf(clip))
+    if unclipped.size == 0:
+        return None
+    return float(unclipped[0] / D) if clip.size > 1 else 0.0
 
 
 def simulate(
@@ -123,6 +183,8 @@ def simulate(
     first_run: int = 0,
     divergence_threshold=None,
     run_chunk: int = DEFAULT_RUN_CHUNK,
+    progress=None,
+    max_work=None,
 ) -> RiskPaths:
     """Run streaming SGD with any algorithm ``runs`` times and record the excess risk.
 
@@ -140,10 +202,21 @@ def simulate(
         runs, seed, first_run: runs ``first_run .. first_run + runs - 1`` of stream ``seed``.
         times: record times (exactly those); default ``n_records`` even points on [0, T].
         dtype: "float32" (default) or "float64" (needs jax_enable_x64).
-        divergence_threshold: risk above this counts as diverged (default 1e12 max(R0, 1)).
+        divergence_threshold: the divergence level L: a run whose risk passes L and stays above
+            until the end is diverged from then on (default 1e6 max(R0, E[eps^2]); see
+            :func:`clipped_trip._results.divergence_limit`).
         run_chunk: runs advanced together (vectorised); default a power of two set by d (x batch)
             alone. Results are bit-identical for a given ``run_chunk`` whatever ``runs`` and
             ``first_run``. Raise it on a GPU.
+        progress: a progress bar with the time left (stderr): None (default) when the run is
+            estimated to take more than a few seconds, True always, False never.
+        max_work: refuse calls above this many runs x steps x coordinates (default 2e12, hours
+            of CPU). Memory is checked up front too (records, working set, tables): a call that
+            would not fit is refused with the estimate and the limit.
+
+    The work runs in slices of about half a second (the same compiled program, its state passed
+    from one slice to the next: bit-identical to one uninterrupted loop), so Ctrl-C
+    (KeyboardInterrupt) stops it within about a second.
 
     Returns:
         :class:`RiskPaths` with ``.t``, ``.risk`` (runs x len(t)), ``.diverged``, ``.samples``
@@ -164,6 +237,8 @@ def simulate(
         first_run,
         divergence_threshold,
         run_chunk,
+        progress,
+        max_work,
     )
     params = {
         "kind": "sgd",
@@ -176,6 +251,9 @@ def simulate(
         "dtype": str(dtype),
         "problem": problem.describe(),
     }
+    inf_from = infinite_mean_from(problem.noise, alg, int(steps[-1]), problem.D)
+    if inf_from is not None:
+        params["infinite_mean_from"] = inf_from
     return RiskPaths(t, risk[0], diverged[0], when[0], params, samples=batch * steps)
 
 
@@ -199,6 +277,8 @@ def sweep(
     divergence_threshold=None,
     run_chunk: int = DEFAULT_RUN_CHUNK,
     algorithm=None,
+    progress=None,
+    max_work=None,
 ) -> RiskPaths:
     """An algorithm over the grid lrs x clips in one compiled program (same random stream per cell).
 
@@ -235,10 +315,15 @@ def sweep(
         dtype,
         divergence_threshold,
         run_chunk,
+        progress,
+        max_work,
     )
 
 
-def _sweep(problem, base, lrs, clips, T, runs, seed, times, n_records, dtype, threshold, chunk):
+def _sweep(
+    problem, base, lrs, clips, T, runs, seed, times, n_records, dtype, threshold, chunk,
+    progress, max_work,
+):
     if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
         raise ValueError(f"lrs must be a list of learning rates > 0, got {lrs!r}")
     if isinstance(clips, (str, bytes)) or not hasattr(clips, "__iter__"):
@@ -251,7 +336,8 @@ def _sweep(problem, base, lrs, clips, T, runs, seed, times, n_records, dtype, th
         raise ValueError("lrs and clips must each hold at least one value")
     cells = [base.replace(lr=lr, clip=c) for lr in lrs for c in clips]
     t, steps, risk, diverged, when, batch = _run(
-        problem, cells, T, runs, seed, times, n_records, dtype, 0, threshold, chunk
+        problem, cells, T, runs, seed, times, n_records, dtype, 0, threshold, chunk,
+        progress, max_work,
     )
     shape = (len(lrs), len(clips))
     params = {
@@ -265,6 +351,11 @@ def _sweep(problem, base, lrs, clips, T, runs, seed, times, n_records, dtype, th
         "dtype": str(dtype),
         "problem": problem.describe(),
     }
+    inf_from = [infinite_mean_from(problem.noise, c, int(steps[-1]), problem.D) for c in cells]
+    if any(x is not None for x in inf_from):
+        params["infinite_mean_from"] = [
+            inf_from[i * len(clips) : (i + 1) * len(clips)] for i in range(len(lrs))
+        ]
     return RiskPaths(
         t,
         risk.reshape(shape + risk.shape[1:]),

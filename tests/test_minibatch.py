@@ -211,3 +211,100 @@ def test_unclipped_map_is_exact_in_expectation():
         R = R - 2 * eta * R + 0.5 * eta**2 * second
         expect.append(R)
     np.testing.assert_allclose(mp.risk, np.array(expect)[steps], rtol=1e-12)
+
+
+def test_second_order_ode_has_the_maps_fixed_point():
+    """D (map - identity) is the ODE with the second-order term (SPEC 8A.4): same plateau."""
+    p = ct.Problem.two_level(60, ct.StudentT(3.0))
+    for mode in ("per-example", "mean"):
+        alg = ct.ClippedSGD(6.0, 0.7, batch=16, clip_mode=mode)
+        times = np.array([0.0, 60.0, 80.0])
+        with pytest.warns(UserWarning):
+            ode2 = ct.solve_ode(p, alg, times=times, second_order=True, method="DOP853")
+        mp = ct.solve_ode(p, alg, times=times, method="map")
+        assert abs(ode2.risk[-1] / ode2.risk[-2] - 1) < 1e-9  # both at their plateaus
+        assert abs(mp.risk[-1] / mp.risk[-2] - 1) < 1e-9
+        np.testing.assert_allclose(ode2.risk[-1], mp.risk[-1], rtol=1e-6)
+        with pytest.warns(UserWarning):
+            ode1 = ct.solve_ode(p, alg, times=times, method="DOP853")
+        assert abs(ode1.risk[-1] / mp.risk[-1] - 1) > 1e-3  # the leading ODE's plateau is not
+
+
+# ---------------------------------------------------------------------------------------------
+# clip of the mean: SGD against the ODE (SPEC 8B), the large-batch limit, the SDE
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "B,lr,noise,clip",
+    [
+        (8, 3.2, ct.Gaussian(1.0), 0.4),
+        (8, 3.2, ct.ThreePoint(3.0, 0.2), 0.3),
+        (64, 12.8, ct.ThreePoint(3.0, 0.2), 0.1),
+    ],
+    ids=["B8-gauss", "B8-three-point", "B64-three-point"],
+)
+def test_clip_of_mean_sgd_tracks_the_ode(B, lr, noise, clip):
+    p = ct.Problem.two_level(600, noise)
+    runs = 24
+    alg = ct.ClippedSGD(lr, clip, batch=B, clip_mode="mean")
+    sgd = ct.simulate(p, alg, T=1.5, runs=runs, seed=4, n_records=7, dtype="float64")
+    ode = ct.solve_ode(p, alg, times=sgd.t)
+    rel = np.abs(sgd.mean() / ode.risk - 1)
+    assert rel.max() < monte_carlo_rel(runs, p.D, bias=8.0), rel
+    # clipping is active: the per-example ODE at the same (lr, c) is a different curve
+    other = ct.solve_ode(p, alg.replace(clip_mode="per-example"), times=sgd.t)
+    assert np.abs(other.risk[1:] / ode.risk[1:] - 1).max() > 3 * rel.max()
+
+
+def test_large_batch_shift_is_needed_at_large_batch():
+    """B(B+1) G / D moves the clip-of-mean statistic by O(B / D) (SPEC 8B.2): at B = D / 4 the
+    SGD follows the map with the shift; the same map without it is off."""
+    d = 400
+    p = ct.Problem.isotropic(d, ct.ThreePoint(3.0, 0.2))
+    B = d // 4
+    alg = ct.ClippedSGD(0.25 * d, 0.05, batch=B, clip_mode="mean")
+    times = np.arange(0, 41, 5) / p.D
+    sgd = ct.simulate(p, alg, times=times, runs=16, seed=2, dtype="float64")
+    mp = ct.solve_ode(p, alg, times=sgd.t)
+    assert mp.params["method"] == "map"
+    tol = 5 * sgd.std_error()[1:] / sgd.mean()[1:] + 20.0 / d
+    gap = np.abs(sgd.mean()[1:] / mp.risk[1:] - 1)
+    assert np.all(gap < tol), (gap, tol)
+    # without the shift (a problem whose top eigenvalue is tiny has z -> 0): compare factors
+    from clipped_trip._batch_factors import mean_clip_factors
+
+    R = float(mp.risk[-1])
+    with_shift = mean_clip_factors(p.noise, R, 0.05, B, shift=B * (B + 1) * 2 * R / p.D)[0]
+    without = mean_clip_factors(p.noise, R, 0.05, B)[0]
+    assert abs(with_shift / without - 1) > 3 * tol.max()
+
+
+def test_large_batch_clip_of_mean_is_sgd_with_a_deterministic_learning_rate():
+    """W / B -> S^2: clip of the mean at large B is unclipped SGD at batch B with the learning
+    rate gamma min(1, c sqrt(B) / sqrt(S^2 + (B + 1) G / D)) (SPEC 8B.4), a function of R(t)."""
+    d, B, c, lr, sigma = 4000, 1024, 0.03, 1.0, 1.0
+    p = ct.Problem.isotropic(d, ct.Gaussian(sigma))
+    times = np.linspace(0, 3.0, 31)
+    clipped = ct.solve_ode(p, ct.ClippedSGD(lr, c, batch=B, clip_mode="mean"), times=times)
+    R = clipped.risk
+    phi = np.minimum(1.0, c * math.sqrt(B) / np.sqrt(2 * R + sigma**2 + (B + 1) * 2 * R / p.D))
+    assert phi.max() < 0.9  # the clip is active all along
+    plain = ct.solve_ode(p, ct.ClippedSGD((times, lr * phi), None, batch=B), times=times)
+    gap = np.abs(plain.risk / clipped.risk - 1).max()
+    assert gap < 5.0 / B, gap
+    # and the clip of the mean loses clipping's CCC advantage: CCC_B -> 1
+    tp = ct.ThreePoint(3.0, 0.2)
+    small, large = (float(ct.ccc(tp, 0.1, 0.1, batch=b, clip_mode="mean")) for b in (1, 256))
+    assert small > 2.0 and abs(large - 1) < 0.05
+
+
+def test_sde_follows_the_ode_in_both_modes():
+    p = ct.Problem.two_level(400, ct.ThreePoint(3.0, 0.2))
+    runs = 16
+    for mode, B, lr, c in [("per-example", 16, 6.4, 0.3), ("mean", 16, 6.4, 0.1)]:
+        alg = ct.ClippedSGD(lr, c, batch=B, clip_mode=mode)
+        sde = ct.simulate_sde(
+            p, alg, T=1.5, runs=runs, seed=0, dt=0.005, n_records=7, dtype="float64"
+        )
+        ode = ct.solve_ode(p, alg, times=sde.t)
+        rel = np.abs(sde.mean() / ode.risk - 1)
+        assert rel.max() < monte_carlo_rel(runs, p.D, bias=8.0), (mode, rel)
