@@ -211,7 +211,7 @@ def describe_schedule(schedule):
 GiB = float(2**30)
 MEMORY_SAFETY = 0.7  # use at most this fraction of what the machine / rlimits allow
 #: runs x steps x coordinates above which a Monte Carlo call is refused (~ hours at ~5 ns each)
-MAX_WORK = 2e12
+MAX_WORK = 2e11
 
 
 def _proc_kib(path, key):
@@ -258,7 +258,7 @@ def check_memory(what: str, parts: dict, reduce_hint: str) -> None:
 
 def check_work(what: str, work: float, max_work, reduce_hint: str) -> None:
     """Refuse a computation of more than ``max_work`` runs x steps x coordinates (default
-    MAX_WORK, hours of CPU): it would look like a hang. Pass a larger ``max_work`` to run it."""
+    MAX_WORK, ~15 CPU minutes): it would look like a hang. Pass a larger ``max_work`` to run it."""
     limit = MAX_WORK if max_work is None else V.positive("max_work", max_work)
     if not work <= limit:
         raise ValueError(
@@ -283,9 +283,7 @@ class out_of_memory_as_value_error:
         if issubclass(exc_type, MemoryError) or (
             "RESOURCE_EXHAUSTED" in str(exc)[:200] and not issubclass(exc_type, ValueError)
         ):
-            raise ValueError(
-                f"{self.what} ran out of memory; reduce {self.hint}"
-            ) from None
+            raise ValueError(f"{self.what} ran out of memory; reduce {self.hint}") from None
         return False
 
 
@@ -354,8 +352,13 @@ class SliceClock:
             self.progress = False
             return
         self.bar = tqdm(
-            total=self.total, initial=min(self.done_units, self.total), desc=self.what,
-            unit="step", unit_scale=True, leave=False, dynamic_ncols=True,
+            total=self.total,
+            initial=min(self.done_units, self.total),
+            desc=self.what,
+            unit="step",
+            unit_scale=True,
+            leave=False,
+            dynamic_ncols=True,
         )
 
     def close(self):

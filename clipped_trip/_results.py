@@ -155,7 +155,11 @@ class RiskPaths:
         left out with ``exclude_diverged``, unless all of them diverged: then +inf)."""
         r = self._finite_runs(exclude_diverged)
         f = np.nanquantile if exclude_diverged else np.quantile
-        return f(r, np.asarray(qs), axis=-2)
+        big = np.finfo(np.float64).max
+        # +inf as the largest float: no inf - inf (NaN, warnings) inside the interpolation; a
+        # quantile whose bracket reaches a diverged run is +inf
+        q = f(np.where(np.isposinf(r), big, r), np.asarray(qs), axis=-2)
+        return np.where(q > 1e300, np.inf, q)
 
     def band(self, coverage: float = 0.8, exclude_diverged: bool = False):
         """(lower, upper) quantile band holding ``coverage`` of the runs (0.8: 10% and 90%)."""

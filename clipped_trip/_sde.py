@@ -189,7 +189,14 @@ def simulate_sde(
     if times is None:
         T = V.positive("T", T)
         n_records = V.count("n_records", n_records, lo=2)
-        check_memory("the record grid", {"record times": 48.0 * n_records}, "n_records")
+        check_memory(
+            "simulate_sde",
+            {
+                "records (padded runs x records)": (32.0 * -(-runs // chunk) * chunk + 48)
+                * n_records
+            },
+            "runs or n_records",
+        )
         t = np.linspace(0.0, T, n_records)
     else:
         t = np.asarray(V.vector("times", times), dtype=np.float64)

@@ -99,8 +99,19 @@ def _estimates(problem, n_items, n_rec, width, chunk, knots, cells, itemsize):
 
 
 def _run(
-    problem, algorithms, T, runs, seed, times, n_records, dtype, first_run, threshold, chunk,
-    progress=None, max_work=None,
+    problem,
+    algorithms,
+    T,
+    runs,
+    seed,
+    times,
+    n_records,
+    dtype,
+    first_run,
+    threshold,
+    chunk,
+    progress=None,
+    max_work=None,
 ):
     """Run every algorithm (cells of one kernel) on the same random stream."""
     runs, first_run, threshold = check_run_args(problem, Problem, runs, first_run, threshold)
@@ -110,9 +121,16 @@ def _run(
     batch = algorithms[0].samples_per_step()
     width = problem.d * batch
     chunk = chunk_size(width, chunk, minimum=16 if batch == 1 else 1)
-    t, steps, n_steps = record_grid(D, T, times, n_records)
     n_cells = len(algorithms)
     n_items = -(-(n_cells * runs) // chunk) * chunk
+    n_rec = V.count("n_records", n_records, lo=2) if times is None else np.size(times)
+    # before the record grid is built: the records of every padded run dominate at many runs
+    check_memory(
+        "simulate",
+        {"records (padded runs x records)": 4.0 * 8 * n_items * n_rec},
+        "runs or n_records",
+    )
+    t, steps, n_steps = record_grid(D, T, times, n_records)
     knots = (
         1
         if all(is_constant(getattr(a, n, None)) for a in algorithms for n in ("lr", "clip"))
@@ -145,7 +163,13 @@ def _run(
 
         def call(ci, carry, bounds):
             return _simulate_slice(
-                model, rows_of[ci], seed_, jnp.asarray(ids[ci]), carry, bounds, kernel,
+                model,
+                rows_of[ci],
+                seed_,
+                jnp.asarray(ids[ci]),
+                carry,
+                bounds,
+                kernel,
                 problem.noise,
             )
 
@@ -210,9 +234,9 @@ def simulate(
             ``first_run``. Raise it on a GPU.
         progress: a progress bar with the time left (stderr): None (default) when the run is
             estimated to take more than a few seconds, True always, False never.
-        max_work: refuse calls above this many runs x steps x coordinates (default 2e12, hours
-            of CPU). Memory is checked up front too (records, working set, tables): a call that
-            would not fit is refused with the estimate and the limit.
+        max_work: refuse calls above this many runs x steps x coordinates (default 2e11, ~15
+            CPU minutes at 5 ns each). Memory is checked up front too (records, working set,
+            tables): a call that would not fit is refused with the estimate and the limit.
 
     The work runs in slices of about half a second (the same compiled program, its state passed
     from one slice to the next: bit-identical to one uninterrupted loop), so Ctrl-C
@@ -321,8 +345,20 @@ def sweep(
 
 
 def _sweep(
-    problem, base, lrs, clips, T, runs, seed, times, n_records, dtype, threshold, chunk,
-    progress, max_work,
+    problem,
+    base,
+    lrs,
+    clips,
+    T,
+    runs,
+    seed,
+    times,
+    n_records,
+    dtype,
+    threshold,
+    chunk,
+    progress,
+    max_work,
 ):
     if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
         raise ValueError(f"lrs must be a list of learning rates > 0, got {lrs!r}")
@@ -336,8 +372,19 @@ def _sweep(
         raise ValueError("lrs and clips must each hold at least one value")
     cells = [base.replace(lr=lr, clip=c) for lr in lrs for c in clips]
     t, steps, risk, diverged, when, batch = _run(
-        problem, cells, T, runs, seed, times, n_records, dtype, 0, threshold, chunk,
-        progress, max_work,
+        problem,
+        cells,
+        T,
+        runs,
+        seed,
+        times,
+        n_records,
+        dtype,
+        0,
+        threshold,
+        chunk,
+        progress,
+        max_work,
     )
     shape = (len(lrs), len(clips))
     params = {
