@@ -671,14 +671,20 @@ def _finite_factors(noise, s2, a, t, B):
     n = s2.size
     mu = np.zeros(n)
     nuB2 = np.zeros(n)
-    zero = s2 == 0
-    if np.any(zero):  # W = T exactly
+    # W = T exactly at s = 0; for s^2 << T the Gaussian part changes the factors by O(s^2 / T)
+    # (the first order cancels by symmetry) while the noncentral chi^2 route loses accuracy
+    # (noncentrality T / s^2 > 1e8): use the s = 0 sums there
+    t_min = T[T > 0].min() if np.any(T > 0) else 0.0
+    zero = s2 <= 1e-9 * t_min
+    if np.any(zero):
         az, tz = a[zero][:, None], t[zero][:, None]
         Tr = T[None, :]
         below = Tr + tz <= az
-        g = np.where(below, 1.0, (1.0 - 1.0 / B) * np.sqrt(az / (Tr + tz)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where(below, 1.0, (1.0 - 1.0 / B) * np.sqrt(az / (Tr + tz)))
+            frac = np.where(below, 1.0, az / (Tr + tz))
         mu[zero] = (P * g).sum(axis=1)
-        nuB2[zero] = (P * Tr * np.minimum(1.0, az / (Tr + tz))).sum(axis=1)
+        nuB2[zero] = (P * Tr * frac).sum(axis=1)
     pos = np.nonzero(~zero)[0]
     step = max(1, 4096 // T.size)
     for i in range(0, pos.size, step):

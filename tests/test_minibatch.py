@@ -323,9 +323,12 @@ def test_large_batch_clip_of_mean_is_sgd_with_a_deterministic_learning_rate():
 
 
 def test_sde_follows_the_ode_in_both_modes():
-    p = ct.Problem.two_level(400, ct.ThreePoint(3.0, 0.2))
     runs = 16
-    for mode, B, lr, c in [("per-example", 16, 6.4, 0.3), ("mean", 16, 6.4, 0.1)]:
+    for noise, mode, B, lr, c in [
+        (ct.ThreePoint(3.0, 0.2), "per-example", 16, 6.4, 0.3),
+        (ct.Gaussian(1.0), "mean", 16, 6.4, 0.1),
+    ]:
+        p = ct.Problem.two_level(400, noise)
         alg = ct.ClippedSGD(lr, c, batch=B, clip_mode=mode)
         sde = ct.simulate_sde(
             p, alg, T=1.5, runs=runs, seed=0, dt=0.005, n_records=7, dtype="float64"
