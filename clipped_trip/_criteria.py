@@ -178,47 +178,42 @@ def _map_boundary(lam, mu, g_eff, kap, batch, mean_mode):
 def critical_batch(problem, clip=None, *, risk=None, clip_mode: str = "per-example") -> float:
     """The batch beyond which a larger batch no longer buys proportionally fewer steps.
 
-    Below it the largest stable learning rate grows like B (linear scaling: the leading ODE's
-    bound B 2 mu (2R + Var) / nu); above it the stiffest mode caps it at 2 D / (mu lambda_max).
-    The two meet at B* = (D / lambda_max) nu / (mu^2 (2R + Var)) = intrinsic dimension / CCC for
-    per-example clipping (unclipped: the intrinsic dimension D / lambda_max). Clip of the mean:
-    the B where 2 mu_B (2R + Var) / nu_B reaches 2 D / (mu_B lambda_max) (bisection in B). Factors
-    at ``risk`` (default the problem's initial risk). At least 1.
+    The gradient noise scale (McCandlish et al. 2018, B_simple = tr(noise covariance) /
+    |mean gradient|^2) of clipped SGD at the risk ``risk`` (default the initial risk): the
+    per-example clipped gradient has mean mu K e and noise of trace D nu, so
+        B* = D nu / (mu^2 G),   G = ||K e||^2 = 2 R tr(K^2) / tr(K)
+    (G at equipartition, v_i equal, where SGD's noise balances its drift). Below B* the step
+    count to a target falls like 1 / B at the same number of samples (the noise-limited learning
+    rate grows like B); above it the curvature limit eta lambda_max < 2 takes over and samples
+    grow like B. Unclipped: B* = D (2R + E eps^2) / G (inf for infinite variance). Clip of the
+    mean: B* solves B = D B nu_B(B) / (mu_B(B)^2 G) (fixed-point iteration), which tends to the
+    unclipped value as clipping becomes a deterministic rescaling at large B (SPEC 8B.4).
 
-    References: SPEC section 8A.4 (the critical batch size); McCandlish et al. 2018 for the term.
+    References: SPEC section 8A.4 (critical batch); McCandlish, Kaplan, Amodei et al. 2018.
     """
     from ._problem import Problem
 
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
     _check_mode(clip_mode)
-    R = problem.initial_risk if risk is None else V.nonnegative("risk", risk)
-    noise = problem.noise
-    intrinsic = problem.D / float(problem.eigenvalues.max())
-    total = float(_total(noise, R))
-    if _no_clip(clip):
-        return intrinsic if math.isfinite(total) else math.inf
-    if not math.isfinite(total):
-        return 1.0  # infinite variance: no gradient-noise bound, the stiffest mode caps every B
-    if clip_mode == "per-example":
-        return max(1.0, intrinsic / float(ccc(noise, R, clip)))
-
-    def gap(B):
-        mu, nu, _ = _batch_factors_frozen(noise, R, clip, B, "mean", None)
-        mu, nu = float(mu), float(nu)
-        return 2.0 * mu * total / nu - 2.0 * problem.D / (mu * float(problem.eigenvalues.max()))
-
-    if gap(1) >= 0:
-        return 1.0
-    lo, hi = 1, 2
-    while gap(hi) < 0:
-        lo, hi = hi, hi * 2
-        if hi > 2**24:
-            return math.inf
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if gap(mid) < 0 else (lo, mid)
-    return float(hi)
+    R = problem.initial_risk if risk is None else V.positive("risk", risk)
+    lam = problem.eigenvalues
+    D = problem.D
+    G = 2.0 * R * float(np.dot(lam, lam)) / D
+    mu, nu = (float(x) for x in reduction_factors(problem.noise, R, clip))
+    per_example = D * nu / (mu * mu * G) if mu > 0 else math.inf
+    if clip_mode == "per-example" or _no_clip(clip) or not math.isfinite(per_example):
+        return max(1.0, per_example)
+    B = max(1.0, per_example)
+    for _ in range(60):
+        b = int(min(max(round(B), 1), 2**24))
+        m, n, _ = _batch_factors_frozen(problem.noise, R, clip, b, "mean", None)
+        new = D * b * float(n) / (float(m) ** 2 * G)
+        if abs(new - B) <= 1e-6 * B:
+            B = new
+            break
+        B = 0.5 * (B + new)
+    return max(1.0, B)
 
 
 def _ratio(noise, risk, clip):
