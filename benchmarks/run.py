@@ -113,7 +113,17 @@ def main(argv=None):
     ap.add_argument(
         "--memory-only", action="store_true", help="re-measure memory into results.json"
     )
+    ap.add_argument(
+        "--minibatch-only",
+        action="store_true",
+        help="re-measure the mini-batch kernel (and its floor) into results.json",
+    )
     args = ap.parse_args(argv)
+    if args.minibatch_only:
+        res = json.loads((HERE / "results.json").read_text())
+        res["minibatch"] = measure_minibatch(repeats=3 if args.quick else 5)
+        (HERE / "results.json").write_text(json.dumps(res, indent=2))
+        args.render_only = True
     if args.memory_only:
         res = json.loads((HERE / "results.json").read_text())
         res["peak_rss_mib_16_runs"] = measure_memory()
@@ -327,6 +337,53 @@ def measure_memory():
     return mem
 
 
+def measure_minibatch(repeats=5, d=1000, batches=(16, 64, 256), runs=16):
+    """Cost per run x step x example x coordinate of the mini-batch kernel (both clip modes)
+    against the floor measured in the same run: normals drawn in a compiled loop in blocks of
+    the kernel's own width (run chunk x B x d); and compiles for a sweep over batch sizes."""
+    import jax
+    import jax.numpy as jnp
+
+    import clipped_trip as ct
+    from clipped_trip._engine import chunk_size
+    from clipped_trip._simulate import trace_count
+
+    p = ct.Problem.two_level(d, ct.StudentT(3.0))
+    out = {"d": d, "runs": runs}
+    for B in batches:
+        width = chunk_size(d * B, minimum=1) * B * d
+        n_iter = max(2, int(4e8 // width))
+
+        def draws(n, width=width):
+            def body(i, acc):
+                key = jax.random.fold_in(jax.random.key(0), i)
+                return acc + jax.random.normal(key, (width,), jnp.float32).sum()
+
+            return jax.lax.fori_loop(0, n, body, 0.0)
+
+        draw = jax.jit(draws)
+        draw(2).block_until_ready()
+        t_norm, _ = median_time(lambda draw=draw, n=n_iter: draw(n).block_until_ready(), repeats)
+        floor_ns = t_norm / (n_iter * width) * 1e9
+        row = {"floor_ns": floor_ns}
+        T = max(0.05, 16.0 / B)
+        for mode in ("per-example", "mean"):
+            alg = ct.ClippedSGD(0.5 * B, 0.5, batch=B, clip_mode=mode)
+            kw = dict(T=T, runs=runs, n_records=3, progress=False)
+            ct.simulate(p, alg, **kw)
+            t, _ = median_time(lambda alg=alg, kw=kw: ct.simulate(p, alg, seed=1, **kw), repeats)
+            n = runs * round(T * p.D) * B * d
+            row[mode] = {"ns": t / n * 1e9, "ratio": t / n * 1e9 / floor_ns, "seconds": t}
+        out[f"B={B}"] = row
+    before = trace_count()
+    for B in (4, 8):
+        for lrs in ([0.5, 1.0], [0.7, 2.0]):
+            alg = ct.ClippedSGD(1.0, batch=B, clip_mode="mean")
+            ct.sweep(p, lrs, [0.3, None], algorithm=alg, T=0.05, runs=2, n_records=2)
+    out["traces_2_grids_x_2_batches"] = trace_count() - before
+    return out
+
+
 def _write_table(res, readme_path):
     table = render(res)
     print(table)
@@ -382,6 +439,21 @@ def render(r):
         f"| traces (compiles) for 3 different (lr, clip) grids of one shape | "
         f"{r['sweep_traces_for_3_grids']} | - | - |"
     )
+    mb = r.get("minibatch")
+    if mb:
+        for key in sorted((k for k in mb if k.startswith("B=")), key=lambda k: int(k[2:])):
+            row = mb[key]
+            rows.append(
+                f"| mini-batch SGD, d = {mb['d']}, {key}: cost per run x step x example x "
+                f"coordinate, per-example / mean (floor: normals in blocks of the same width) | "
+                f"{row['per-example']['ns']:.2f} / {row['mean']['ns']:.2f} ns "
+                f"({row['per-example']['ratio']:.2f}x / {row['mean']['ratio']:.2f}x the floor of "
+                f"{row['floor_ns']:.2f} ns) | - | - |"
+            )
+        rows.append(
+            f"| traces for 2 (lr, clip) grids at each of 2 batch sizes | "
+            f"{mb['traces_2_grids_x_2_batches']} (one per batch size) | - | - |"
+        )
     return "\n".join(rows)
 
 

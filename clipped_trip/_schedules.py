@@ -70,7 +70,7 @@ def time_schedule_values(
         )
     if callable(schedule):
         values = _call_vectorised(schedule, t)
-    elif isinstance(schedule, tuple) and len(schedule) == 2 and np.ndim(schedule[0]) == 1:
+    elif _is_table(schedule):
         grid = V.vector(f"{name} times", schedule[0])
         vals = np.asarray(schedule[1], dtype=np.float64)
         if vals.shape != grid.shape:
@@ -82,6 +82,12 @@ def time_schedule_values(
             raise ValueError(f"{name} times must be strictly increasing")
         values = np.interp(t, grid, vals)
     else:
+        if isinstance(schedule, (tuple, list, np.ndarray)) and np.ndim(schedule) > 0:
+            raise ValueError(
+                f"{name}: a schedule is a number, a callable of t, or (times, values) as two 1-D "
+                f"arrays of one length (tuple, list or a 2 x N array); got shape "
+                f"{np.shape(schedule) if np.ndim(schedule) < 3 else 'nested'}"
+            )
         value = V.real(name, schedule, lo=0.0, lo_open=True, allow_inf=allow_inf)
         return np.full(t.shape, value)
     bad = np.isnan(values) | (values <= 0) | (np.isinf(values) & (not allow_inf))
@@ -92,6 +98,13 @@ def time_schedule_values(
             f"at every time; got {values[i]} at t = {t[i]:.6g}"
         )
     return values
+
+
+def _is_table(schedule) -> bool:
+    """(times, values) as a tuple or list of two 1-D arrays, or a 2 x N array."""
+    if isinstance(schedule, (tuple, list)) and len(schedule) == 2:
+        return np.ndim(schedule[0]) == 1 and np.ndim(schedule[1]) == 1
+    return isinstance(schedule, np.ndarray) and schedule.ndim == 2 and schedule.shape[0] == 2
 
 
 def is_constant(schedule) -> bool:

@@ -846,12 +846,11 @@ def cmd_sweep(args):
                     }
                 )
         grids.append((spec, grid))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    path = atomic_write(out / "sweep.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
-    print(buf.getvalue().rstrip())
+        # the table so far, rewritten atomically after each noise law: an interrupted sweep
+        # keeps every finished law in sweep.csv (and its npz + sidecar)
+        text = _csv_text(rows)
+        path = atomic_write(out / "sweep.csv", lambda tmp, text=text: Path(tmp).write_text(text))
+    print(text.rstrip())
     print(f"wrote {path}")
     if cfg["plot"]:
         import matplotlib
@@ -861,6 +860,14 @@ def cmd_sweep(args):
         png = atomic_write(out / "sweep.png", lambda tmp: fig.savefig(tmp, format="png"))
         print(f"wrote {png}")
     return 0
+
+
+def _csv_text(rows):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def cmd_reproduce(args):
