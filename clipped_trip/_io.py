@@ -38,6 +38,10 @@ def _temp_path(path: Path, suffix: str = "") -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
     os.close(fd)
+    # mkstemp makes 0600 files; results get the permissions an ordinary new file would
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return tmp
 
 
