@@ -207,7 +207,19 @@ def cli_figures():
 
 
 @pytest.mark.parametrize(
-    "name", ["fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "dscaling"]
+    "name",
+    [
+        "fig1",
+        "fig2",
+        "fig3",
+        "fig4",
+        "fig5",
+        "fig6",
+        "fig7",
+        "dscaling",
+        "minibatch",
+        "critical-batch",
+    ],
 )
 def test_quick_figures(name, tmp_path, capsys):
     code, text, err = run(["reproduce", name, "--quick", "--out", str(tmp_path), "--quiet"], capsys)
