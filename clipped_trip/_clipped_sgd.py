@@ -299,7 +299,7 @@ class ClippedSGDEquivalent:
 
             finite = np.isfinite(c)
             mu = np.ones(R.shape)
-            nu = (2.0 * R + self.noise.second_moment) / self.B
+            nu = np.array((2.0 * R + self.noise.second_moment) / self.B, dtype=np.float64)
             if finite.any():
                 shift = self.B * 2.0 * R[finite] * z[finite]
                 m, n = mean_clip_factors(self.noise, R[finite], c[finite], self.B, shift)
@@ -326,6 +326,16 @@ class ClippedSGDEquivalent:
                 cols.append(kap)
         return np.stack(cols, axis=-1)
 
+    def _near_kink(self, R, c):
+        """Clip of the mean at small B: where the shift 2 B R z crosses a = c^2 B^2 (everything
+        clipped beyond), the factors have a kink of order B / 2 - 1 in R and z (chi^2_B density
+        ~ x^(B/2 - 1) at 0) that no spline or polynomial resolves (1e-4 at B = 2): evaluate
+        directly within a decade of it."""
+        if not (self.shifted and self.B < 8 and math.isfinite(c)):
+            return False
+        rz = 0.5 * c * c * self.B  # R z at the kink
+        return 0.1 * rz / self.z_range[1] <= R <= 10.0 * rz / self.z_range[0]
+
     def factors(self, t, R, G, with_kap=False):
         """(gamma_eff, mu, nu_eff, kap, c) at time t, risk R and G = ||K e||^2."""
         c = self._clip_of(t, R)
@@ -333,7 +343,7 @@ class ClippedSGDEquivalent:
         z = min(max(z, self.z_range[0]), self.z_range[1])
         mu = nu = None
         kap = math.nan
-        if self.table is not None and R > 0:
+        if self.table is not None and R > 0 and not self._near_kink(R, c):
             vals = np.asarray(self.table.scalar(R))
             if np.all(np.isfinite(vals)):
                 if self.shifted:
