@@ -590,6 +590,18 @@ def _plot_paths(result, title):
         lo, hi = result.band(0.8, exclude_diverged=True)
         ax.fill_between(result.t, lo, hi, alpha=0.3, lw=0)
         ax.plot(result.t, result.mean(exclude_diverged=True), label="mean (finite runs)")
+        for i in np.flatnonzero(result.diverged)[:10]:  # diverged runs: their finite part
+            ok = np.isfinite(r[i])
+            ax.plot(
+                result.t[ok],
+                r[i][ok],
+                color="C3",
+                lw=0.6,
+                alpha=0.6,
+                label="diverged runs (until they diverge)"
+                if i == np.flatnonzero(result.diverged)[0]
+                else None,
+            )
         if result.diverged.any():
             ax.set_title(f"{title}\n{result.divergence_report()}", color="C3", fontsize=9)
         else:
@@ -638,11 +650,20 @@ def run_simulate(cfg, kind):
             + (f"; diverged at t = {res.divergence_time:.3g}" if res.diverged else "")
         )
     else:
-        print(
-            f"{kind}: {res.runs} runs, mean final risk "
-            f"{float(res.mean(exclude_diverged=True)[-1]):.6g}"
-            f" at T = {res.t[-1]:g}; {res.divergence_report()}"
-        )
+        n_div = int(res.diverged.sum())
+        if n_div == res.runs:  # nothing finite to average: the report says it all
+            print(f"{kind}: {res.runs} runs at T = {res.t[-1]:g}; {res.divergence_report()}")
+        else:
+            which = (
+                "mean final risk"
+                if n_div == 0
+                else f"mean final risk of the {res.runs - n_div} finite runs"
+            )
+            print(
+                f"{kind}: {res.runs} runs, {which} "
+                f"{float(res.mean(exclude_diverged=True)[-1]):.6g}"
+                f" at T = {res.t[-1]:g}; {res.divergence_report()}"
+            )
     for w in written:
         print(f"wrote {w}")
     return 0
