@@ -433,3 +433,19 @@ def run_segmented(call, init, steps, n_chunks, clock):
     finally:
         clock.close()
     return np.concatenate(out, axis=0)
+
+
+def check_noise_range(noise, dtype):
+    """Refuse a noise law whose scale the simulation dtype cannot carry: squared residuals and
+    risks must stay representable (scale below sqrt(max) / 1e3: 1.8e16 in float32)."""
+    m2 = noise.second_moment
+    if math.isfinite(m2):
+        scale = math.sqrt(m2)
+    else:
+        scale = float(getattr(noise, "_scale", 0.0))
+    limit = math.sqrt(float(jnp.finfo(dtype).max)) / 1e3
+    if not scale <= limit:
+        raise ValueError(
+            f"noise: its scale {scale:.3g} is beyond what {jnp.dtype(dtype).name} can simulate "
+            f"(at most {limit:.3g}); rescale the problem or use dtype='float64'"
+        )

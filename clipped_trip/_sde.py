@@ -24,6 +24,7 @@ import numpy as np
 from . import _validate as V
 from ._algorithm import as_algorithm
 from ._engine import (
+    check_noise_range,
     SliceClock,
     at_step,
     check_memory,
@@ -186,6 +187,7 @@ def simulate_sde(
     dt = V.positive("dt", dt)
     chunk = chunk_size(problem.d, run_chunk)
     dtype_ = resolve_dtype(dtype)
+    check_noise_range(problem.noise, dtype_)
     if times is None:
         T = V.positive("T", T)
         n_records = V.count("n_records", n_records, lo=2)

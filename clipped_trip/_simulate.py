@@ -24,6 +24,7 @@ import numpy as np
 from . import _validate as V
 from ._algorithm import Algorithm, as_algorithm
 from ._engine import (
+    check_noise_range,
     SliceClock,
     at_step,
     check_memory,
@@ -116,6 +117,7 @@ def _run(
     """Run every algorithm (cells of one kernel) on the same random stream."""
     runs, first_run, threshold = check_run_args(problem, Problem, runs, first_run, threshold)
     dt = resolve_dtype(dtype)
+    check_noise_range(problem.noise, dt)
     kernel = algorithms[0].kernel()
     D = problem.D
     batch = algorithms[0].samples_per_step()

@@ -336,3 +336,50 @@ def test_sde_follows_the_ode_in_both_modes():
         ode = ct.solve_ode(p, alg, times=sde.t)
         rel = np.abs(sde.mean() / ode.risk - 1)
         assert rel.max() < monte_carlo_rel(runs, p.D, bias=8.0), (mode, rel)
+
+
+# ---------------------------------------------------------------------------------------------
+# batch criteria (SPEC 8A.4, 8B.4)
+# ---------------------------------------------------------------------------------------------
+def test_critical_lr_closed_forms():
+    noise, R = ct.Gaussian(0.5), 0.3
+    d, B = 300, 40
+    lam = np.ones(d)
+    # unclipped: leading ODE 2B; the map's exact isotropic boundary 2 B D / (D + B + 1)
+    assert float(ct.critical_lr(noise, R, None, batch=B)) == 2 * B
+    got = ct.critical_lr(noise, R, None, batch=B, eigenvalues=lam)
+    assert abs(got / (2 * B * d / (d + B + 1)) - 1) < 1e-9
+    # clipped, per-example: B times the batch-1 value 2 mu (2R + Var) / nu
+    t3 = ct.StudentT(3.0)
+    mu, nu = (float(x) for x in ct.reduction_factors(t3, R, 0.7))
+    one = 2 * mu * (2 * R + t3.second_moment) / nu
+    assert abs(float(ct.critical_lr(t3, R, 0.7)) / one - 1) < 1e-12
+    assert abs(float(ct.critical_lr(t3, R, 0.7, batch=B)) / (B * one) - 1) < 1e-12
+    # the map's boundary lies below both limits and tends to the leading one when D >> B
+    for dd in (200, 20000):
+        b = ct.critical_lr(t3, R, 0.7, batch=B, eigenvalues=np.ones(dd))
+        assert b < min(B * one, 2 * dd / mu)
+    far = ct.critical_lr(t3, R, 0.7, batch=B, eigenvalues=np.ones(20000))
+    assert abs(far / (B * one) - 1) < 0.02
+    # clip of the mean: the leading bound uses mu_B, nu_B
+    from clipped_trip._batch_factors import mean_clip_factors
+
+    mB, nB = (float(x) for x in mean_clip_factors(t3, R, 0.7, B))
+    expect = 2 * mB * (2 * R + t3.second_moment) / nB
+    assert abs(float(ct.critical_lr(t3, R, 0.7, batch=B, clip_mode="mean")) / expect - 1) < 1e-12
+
+
+def test_critical_batch_is_the_gradient_noise_scale():
+    d, R = 400, 0.2
+    p = ct.Problem.isotropic(d, ct.Gaussian(0.5))
+    # isotropic: G = 2R at equipartition; unclipped B* = D (2R + sigma^2) / (2R)
+    assert abs(ct.critical_batch(p, risk=R) / (d * (2 * R + 0.25) / (2 * R)) - 1) < 1e-12
+    q = ct.Problem.isotropic(d, ct.StudentT(3.0))
+    mu, nu = (float(x) for x in ct.reduction_factors(q.noise, R, 0.5))
+    expect = d * nu / (mu**2 * 2 * R)  # = intrinsic dimension x nu / (mu^2 2R)
+    assert abs(ct.critical_batch(q, 0.5, risk=R) / expect - 1) < 1e-12
+    # heavy tails: clipping (CCC > 1) lowers the noise scale below the unclipped one
+    assert ct.critical_batch(q, 0.5, risk=R) < ct.critical_batch(q, risk=R)
+    # clip of the mean: the fixed point approaches the unclipped noise scale
+    mean = ct.critical_batch(q, 0.5, risk=R, clip_mode="mean")
+    assert abs(mean / ct.critical_batch(q, risk=R) - 1) < 0.1

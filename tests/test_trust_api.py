@@ -93,3 +93,24 @@ def test_interrupted_sweep_keeps_the_finished_laws(tmp_path, monkeypatch):
     text = (tmp_path / "sweep.csv").read_text().splitlines()
     assert len(text) == 1 + 4  # header + the first law's 2 x 2 cells
     assert all(line.startswith("gaussian") for line in text[1:])
+
+
+def test_sde_refuses_a_step_above_the_record_gaps():
+    p = ct.Problem.isotropic(10, ct.Gaussian(0.5))
+    with pytest.raises(ValueError, match="dt"):
+        ct.simulate_sde(p, 0.5, 1.0, T=1.0, dt=100.0, runs=1)
+
+
+def test_ode_accepts_repeated_record_times():
+    p = ct.Problem.isotropic(10, ct.Gaussian(0.5))
+    res = ct.solve_ode(p, 0.5, 1.0, times=[0.0, 0.5, 0.5, 1.0])
+    assert res.risk[1] == res.risk[2] and res.t.size == 4
+
+
+@pytest.mark.parametrize("noise", [ct.Gaussian(1e30), ct.StudentT(1.0, 1e25)])
+def test_noise_beyond_the_dtype_range_is_refused(noise):
+    p = ct.Problem.isotropic(10, noise)
+    with pytest.raises(ValueError, match="noise"):
+        ct.simulate(p, 0.5, 1.0, T=1.0, runs=1, dtype="float32")
+    with pytest.raises(ValueError, match="noise"):
+        ct.simulate_sde(p, 0.5, 1.0, T=1.0, runs=1, dtype="float32")
