@@ -128,6 +128,8 @@ def save_result(result, path, extra: dict | None = None) -> Path:
             "diverged": result.diverged,
             "divergence_time": result.divergence_time,
         }
+        if result.samples is not None:  # examples used up to each record (batch x steps)
+            arrays["samples"] = np.asarray(result.samples, dtype=np.int64)
         kind = "RiskPaths"
     elif isinstance(result, ODEResult):
         arrays = {
@@ -297,10 +299,16 @@ def load_result(path):
             float(arrays["divergence_time"]),
             params,
         )
+    samples = arrays.get("samples")
+    if samples is not None and (
+        samples.shape != arrays["t"].shape or samples.dtype.kind not in "iu"
+    ):
+        raise ValueError(f"result file {str(path)!r}: 'samples' must be integers, one per time")
     return RiskPaths(
         arrays["t"],
         arrays["risk"],
         arrays["diverged"].astype(bool),
         arrays["divergence_time"],
         params,
+        samples=samples,
     )

@@ -383,3 +383,11 @@ def test_critical_batch_is_the_gradient_noise_scale():
     # clip of the mean: the fixed point approaches the unclipped noise scale
     mean = ct.critical_batch(q, 0.5, risk=R, clip_mode="mean")
     assert abs(mean / ct.critical_batch(q, risk=R) - 1) < 0.1
+
+
+def test_samples_survive_a_result_file(tmp_path):
+    p = ct.Problem.isotropic(20, ct.Gaussian(0.5))
+    res = ct.simulate(p, ct.ClippedSGD(0.5, 1.0, batch=3), T=1.0, runs=2, n_records=3)
+    back = ct.load_result(ct.save_result(res, tmp_path / "r.npz"))
+    np.testing.assert_array_equal(back.samples, res.samples)
+    assert back.params["algorithm"]["batch"] == 3
