@@ -105,6 +105,10 @@ class ClippedSGDKernel:
 # the algorithm object
 # ---------------------------------------------------------------------------------------------
 def _check_schedule(name, schedule, allow_inf):
+    if isinstance(schedule, (bool, np.bool_, str, bytes)):
+        raise ValueError(
+            f"{name} must be a number > 0, a callable of t or (times, values), got {schedule!r}"
+        )
     if isinstance(schedule, RiskSchedule):
         if name == "lr":
             raise ValueError("lr must be a number > 0, a callable of t or (times, values)")

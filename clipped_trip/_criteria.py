@@ -196,7 +196,13 @@ def critical_batch(problem, clip=None, *, risk=None, clip_mode: str = "per-examp
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
     _check_mode(clip_mode)
-    R = problem.initial_risk if risk is None else V.positive("risk", risk)
+    R = (
+        problem.initial_risk
+        if risk is None
+        else V.real("risk", risk, lo=0.0, hi=1e150, lo_open=True)
+    )
+    if clip is not None:
+        V.positive("clip", clip, allow_inf=True)
     lam = problem.eigenvalues
     D = problem.D
     G = 2.0 * R * float(np.dot(lam, lam)) / D

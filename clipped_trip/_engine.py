@@ -106,7 +106,8 @@ def steps_of(t, per_unit: float, what: str, *, step=None):
     """Step indices round(t * per_unit) (or round(t / step)), refused before any cast when not
     representable: an int64 cast of a huge float wraps to a negative count."""
     t = np.asarray(t, dtype=np.float64)
-    raw = t / step if step is not None else t * per_unit
+    with np.errstate(over="ignore"):
+        raw = t / step if step is not None else t * per_unit
     last = float(raw[-1])
     if not math.isfinite(last) or last > MAX_STEPS:
         raise ValueError(
@@ -146,7 +147,10 @@ _keys = jax.jit(run_keys_traced, static_argnames=("runs",))
 def check_seed(seed, first_run, runs):
     seed = V.count("seed", seed, lo=0)
     if seed >= 2**32 or first_run + runs > 2**32:
-        raise ValueError(f"seed and run indices must be < 2^32, got seed {seed}")
+        raise ValueError(
+            f"seed and run indices must be < 2^32, got seed {seed} and runs up to "
+            f"{int(first_run) + int(runs) - 1} (first_run + runs - 1)"
+        )
     return jnp.uint32(seed), jnp.uint32(first_run)
 
 
@@ -433,6 +437,22 @@ def run_segmented(call, init, steps, n_chunks, clock):
     finally:
         clock.close()
     return np.concatenate(out, axis=0)
+
+
+def check_table_range(tables: dict, dtype):
+    """Per-step values (lr, clip, ...) the simulation dtype represents: nothing overflows to inf
+    or underflows to a zero step (finite values within [tiny, max] / 1e6 of the dtype)."""
+    info = jnp.finfo(dtype)
+    lo, hi = float(info.tiny) * 1e6, float(info.max) / 1e6
+    for name, values in tables.items():
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size and (v.min() < lo or v.max() > hi):
+            raise ValueError(
+                f"{name}: values must lie in [{lo:.3g}, {hi:.3g}] to be simulated in "
+                f"{jnp.dtype(dtype).name} (got {v.min():.3g} .. {v.max():.3g}); "
+                "use dtype='float64' or rescale"
+            )
 
 
 def check_noise_range(noise, dtype):

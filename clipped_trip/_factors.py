@@ -35,6 +35,7 @@ _TAIL_SIGMAS = 40.0  # Phi(-40) ~ 4e-350: the Gaussian is exactly zero beyond th
 _CHUNK_NODES = 4_000_000  # nodes per vectorised block (bounds memory at ~ 32 MB per array)
 
 
+_MAX_RISK = 1e150  # beyond, 2R overflows in the criteria (and no risk path gets there)
 _NARROW = 0.1  # c < _NARROW * s: integrate over |w| <= c directly (the closed form cancels)
 _NARROW_NODES, _NARROW_WEIGHTS = np.polynomial.legendre.leggauss(8)
 
@@ -183,6 +184,8 @@ def reduction_factors(noise: NoiseLaw, risk, clip):
     R = np.asarray(risk, dtype=np.float64)
     if np.any(~np.isfinite(R)) or np.any(R < 0):
         raise ValueError("risk must be finite and >= 0 everywhere")
+    if np.any(R > _MAX_RISK):
+        raise ValueError(f"risk must be <= {_MAX_RISK:g} (2R + E eps^2 must stay finite)")
     c = np.asarray(np.inf if clip is None else clip, dtype=np.float64)
     if np.any(np.isnan(c)) or np.any(c < 0):
         raise ValueError("clip must be >= 0 (inf or None for no clipping) everywhere")

@@ -147,7 +147,7 @@ def _iterate_map(eq, layout, y0, steps, threshold, risk_of):
     return out
 
 
-MAX_ODE_STEPS = 1e7
+MAX_ODE_STEPS = 2e5  # ~12 right-hand sides per step: ~1e6 evaluations, a minute or so
 
 
 def _check_ode_work(eq, alg, t_req, method, d, max_steps):
@@ -229,7 +229,7 @@ def solve_ode(
             path is diverged from the first record above L after which it stays above L; it is
             +inf from there on. Where nu is infinite (no clipping, noise of infinite variance)
             the ODE diverges at t = 0+: from the first record after 0.
-        max_steps: refuse a solve estimated to take more solver steps than this (default 1e7:
+        max_steps: refuse a solve estimated to take more solver steps than this (default 2e5:
             hours); the estimate is T x 2 gamma_max lambda_max / 3 (the explicit stability
             limit), or T x D for the map.
         cache: a dict you own, passed to several solves of one problem: factor tables are
@@ -245,6 +245,11 @@ def solve_ode(
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be a Problem, got {type(problem).__name__}")
     alg = as_algorithm(algorithm, clip, "solve_ode", lr)
+    for name, flag in (("use_table", use_table), ("second_order", second_order)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    if cache is not None and not isinstance(cache, dict):
+        raise ValueError(f"cache must be a dict (or None), got {type(cache).__name__}")
     if not isinstance(method, str):
         raise ValueError(
             f"method must be 'auto', 'map', 'rk4' or a scipy OdeSolver name, got {method!r}"

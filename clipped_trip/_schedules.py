@@ -49,7 +49,13 @@ def _call_vectorised(f, t):
             return np.full(t.shape, float(out))
     except Exception:  # noqa: BLE001 - fall back to element-wise calls for scalar-only callables
         pass
-    return np.array([float(f(float(ti))) for ti in t], dtype=np.float64)
+    try:
+        return np.array([float(f(float(ti))) for ti in t], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "a schedule callable must return one number per time (a scalar, or an array shaped "
+            "like its argument)"
+        ) from None
 
 
 def time_schedule_values(

@@ -25,6 +25,7 @@ from . import _validate as V
 from ._algorithm import Algorithm, as_algorithm
 from ._engine import (
     check_noise_range,
+    check_table_range,
     SliceClock,
     at_step,
     check_memory,
@@ -145,6 +146,7 @@ def _run(
     with out_of_memory_as_value_error("simulate", "runs, n_records, d or run_chunk"):
         per_cell = [alg.step_tables(n_steps, D) for alg in algorithms]
         tables = {name: np.stack([cell[name] for cell in per_cell]) for name in per_cell[0]}
+        check_table_range(tables, dt)
         model = {
             "sqrt_lam": jnp.asarray(np.sqrt(problem.eigenvalues), dt),
             "inv_D": jnp.asarray(1.0 / D, dt),

@@ -509,15 +509,26 @@ class OutDir:
 
     def check(self):
         p, shown = self.path, str(self.path)
-        if p.exists() and not p.is_dir():
+        try:
+            exists_not_dir = p.exists() and not p.is_dir()
+        except OSError as err:  # e.g. a name too long for the file system
+            raise UserError(
+                f"--out {shown!r} is not a usable path ({err.strerror or err})"
+            ) from None
+        if exists_not_dir:
             raise UserError(f"--out {shown!r} exists and is not a directory")
         missing = []
         q = p
-        while not q.exists():
-            missing.append(q)
-            if q.parent == q:
-                break
-            q = q.parent
+        try:
+            while not q.exists():
+                missing.append(q)
+                if q.parent == q:
+                    break
+                q = q.parent
+        except OSError as err:  # e.g. a name too long for the file system
+            raise UserError(
+                f"--out {shown!r} is not a usable path ({err.strerror or err})"
+            ) from None
         if q.exists() and not q.is_dir():
             raise UserError(f"--out {shown!r}: {str(q)!r} is not a directory")
         try:
@@ -703,6 +714,11 @@ def cmd_factors(args):
     cfg = settings(args, "factors")
     noise = parse_noise_checked(cfg["noise"])
     risks, clips = cfg["risk"], cfg["clip"]
+    if len(risks) * len(clips) > 10_000:
+        raise UserError(
+            f"factors: {len(risks)} risks x {len(clips)} clips = {len(risks) * len(clips)} rows; "
+            "at most 10000 (use the Python API reduction_factors for larger grids)"
+        )
     out = _table_out(cfg)
     rows = []
     for R in risks:

@@ -114,3 +114,41 @@ def test_noise_beyond_the_dtype_range_is_refused(noise):
         ct.simulate(p, 0.5, 1.0, T=1.0, runs=1, dtype="float32")
     with pytest.raises(ValueError, match="noise"):
         ct.simulate_sde(p, 0.5, 1.0, T=1.0, runs=1, dtype="float32")
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda P: ct.ClippedSGD(lambda t: np.ones(3), 0.4), "one number per time"),
+        (lambda P: ct.solve_ode(P, ct.ClippedSGD(0.6, 0.4), T=1, cache=[]), "cache"),
+        (
+            lambda P: ct.solve_ode(P, ct.ClippedSGD(0.6, 0.4), T=1, second_order="no"),
+            "second_order",
+        ),
+        (lambda P: ct.ClippedSGD(0.6, True), "clip"),
+        (lambda P: ct.ClippedSGD("0.5", 0.4), "lr"),
+        (lambda P: ct.ccc(P.noise, 1e308, 0.4), "risk"),
+        (lambda P: ct.critical_lr(P.noise, 1e308, 0.4), "risk"),
+        (lambda P: ct.critical_batch(P, 0, risk=0.01), "clip"),
+        (lambda P: ct.simulate(P, 1e308, 0.4, T=1, runs=1), "lr"),
+        (lambda P: ct.simulate(P, 1e-308, 0.4, T=1, runs=1), "lr"),
+        (lambda P: ct.simulate(P, 0.6, 0.4, T=1, runs=1, first_run=2**40), "first_run"),
+        (lambda P: ct.solve_ode(P, 0.6, 0.4, T=1e7), "max_steps"),
+    ],
+)
+def test_api_probes_are_value_errors_naming_the_parameter(call, match):
+    P = ct.Problem.isotropic(10, ct.Gaussian(0.5))
+    with pytest.raises(ValueError, match=match):
+        call(P)
+
+
+def test_cli_out_name_too_long_is_one_line(tmp_path, capsys):
+    code = cli.main(["ode", "--d", "20", "--T", "1", "--out", str(tmp_path / ("a" * 300))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--out" in err[0]
+
+
+def test_cli_factors_grid_is_bounded(capsys):
+    grid = ",".join(str(0.01 * (i + 1)) for i in range(200))
+    code = cli.main(["factors", "--risk", grid, "--clip", grid])
+    assert code == 2 and "at most" in capsys.readouterr().err
