@@ -342,6 +342,8 @@ class ClippedSGDEquivalent:
 
     def factors(self, t, R, G, with_kap=False):
         """(gamma_eff, mu, nu_eff, kap, c) at time t, risk R and G = ||K e||^2."""
+        if not R <= 1e140:  # far past any divergence level: the factors' domain ends at 1e150
+            raise OverflowError(t)
         c = self._clip_of(t, R)
         z = (self.B + 1) * G / (2.0 * self.D * R) if (self.shifted and R > 0) else self.z_nodes[0]
         z = min(max(z, self.z_range[0]), self.z_range[1])
