@@ -59,12 +59,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import _validate as V
+from ._factors import map_in_blocks, reduction_factors
 from ._noise import Exponential, Laplace, NoiseLaw, StudentT, Uniform
 
 __all__ = ["stein_curvature", "mean_clip_factors", "mean_clip_ccc"]
@@ -482,17 +481,9 @@ def _laplace_factors_block(noise, s2, a, t, B):
 
 
 def _laplace_factors(noise, s2, a, t, B):
-    n = s2.size
-    blocks = [slice(i, i + _BLOCK) for i in range(0, n, _BLOCK)]
-    work = lambda sl: _laplace_factors_block(noise, s2[sl], a[sl], t[sl], B)  # noqa: E731
-    if len(blocks) > 1:
-        with ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1)) as pool:
-            parts = list(pool.map(work, blocks))
-    else:
-        parts = [work(sl) for sl in blocks]
-    mu = np.concatenate([q[0] for q in parts]) if parts else np.empty(0)
-    nu = np.concatenate([q[1] for q in parts]) if parts else np.empty(0)
-    return mu, nu
+    return map_in_blocks(
+        lambda sl: _laplace_factors_block(noise, s2[sl], a[sl], t[sl], B), s2.size, _BLOCK
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -736,8 +727,6 @@ def mean_clip_factors(noise: NoiseLaw, risk, clip, batch, shift=0.0, *, method="
         sf, cf, tf = s2[fin], c[fin], t[fin]
         a = cf * cf * B * B
         if B == 1 and method == "auto" and np.all(tf == 0):
-            from ._factors import reduction_factors
-
             m, n = reduction_factors(noise, 0.5 * sf, cf)
         elif method == "laplace":
             if not _supported_continuous(noise):
@@ -846,8 +835,6 @@ def stein_curvature(noise: NoiseLaw, risk, clip):
 
     References: SPEC section 8A.1 (and 8B.5 for the scale mixture); arXiv 2406.11733.
     """
-    from ._factors import reduction_factors
-
     _check_noise(noise)
     R = _check_array("risk", risk)
     c = _check_array("clip", clip, allow_inf=True, positive=True)

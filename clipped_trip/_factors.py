@@ -152,19 +152,27 @@ def _continuous_block(noise, ss, cc):
     return mu, nu
 
 
-def _continuous_factors(noise, s, c):
-    shape = np.broadcast(s, c).shape
-    s_flat, c_flat = (np.ravel(x).astype(np.float64) for x in np.broadcast_arrays(s, c))
-    step = 256  # pairs per block: ~ 200k nodes, a few MB per temporary
-    blocks = [slice(i, i + step) for i in range(0, s_flat.size, step)]
-    work = lambda sl: _continuous_block(noise, s_flat[sl], c_flat[sl])  # noqa: E731
-    if len(blocks) > 1:  # numpy ufuncs release the GIL: use the cores
+def map_in_blocks(work, n: int, block: int):
+    """``work(slice) -> (mu, nu)`` over [0, n) in blocks of ``block``, concatenated; several
+    blocks run on the cores (numpy ufuncs release the GIL)."""
+    blocks = [slice(i, i + block) for i in range(0, n, block)]
+    if len(blocks) > 1:
         with ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1)) as pool:
             parts = list(pool.map(work, blocks))
     else:
         parts = [work(b) for b in blocks]
     mu = np.concatenate([p[0] for p in parts]) if parts else np.empty(0)
     nu = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
+    return mu, nu
+
+
+def _continuous_factors(noise, s, c):
+    shape = np.broadcast(s, c).shape
+    s_flat, c_flat = (np.ravel(x).astype(np.float64) for x in np.broadcast_arrays(s, c))
+    # 256 pairs per block: ~ 200k nodes, a few MB per temporary
+    mu, nu = map_in_blocks(
+        lambda sl: _continuous_block(noise, s_flat[sl], c_flat[sl]), s_flat.size, 256
+    )
     return mu.reshape(shape), nu.reshape(shape)
 
 

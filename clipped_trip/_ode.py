@@ -30,6 +30,7 @@ import warnings
 
 from . import _validate as V
 from ._algorithm import as_algorithm
+from ._engine import requested_times
 from ._problem import Problem
 from ._results import ODEResult, divergence_limit, mark_divergence
 from ._schedules import is_constant
@@ -254,13 +255,7 @@ def solve_ode(
         raise ValueError(
             f"method must be 'auto', 'map', 'rk4' or a scipy OdeSolver name, got {method!r}"
         )
-    if times is None:
-        T = V.positive("T", T)
-        t_req = np.linspace(0.0, T, V.count("n_records", n_records, lo=2))
-    else:
-        t_req = np.asarray(V.vector("times", times), dtype=np.float64)
-        if np.any(t_req < 0) or np.any(np.diff(t_req) < 0):
-            raise ValueError("times must be >= 0 and non-decreasing")
+    t_req = requested_times(T, times, n_records)
     rtol = V.positive("rtol", rtol)
     D, d = problem.D, problem.d
     chosen = method
