@@ -113,10 +113,7 @@ def _check_schedule(name, schedule, allow_inf):
         if name == "lr":
             raise ValueError("lr must be a number > 0, a callable of t or (times, values)")
         return schedule
-    if is_constant(schedule):
-        time_schedule_values(name, schedule, np.zeros(1), allow_inf=allow_inf, allow_none=allow_inf)
-        return schedule
-    # callables and (times, values): checked at t = 0 now, at every step when run
+    # numbers checked now; callables and (times, values) at t = 0 now, at every step when run
     time_schedule_values(name, schedule, np.zeros(1), allow_inf=allow_inf, allow_none=allow_inf)
     return schedule
 
@@ -379,8 +376,9 @@ class ClippedSGDEquivalent:
         return {"risk": state["y"].sum(axis=0)}
 
     def _stats(self, y):
+        """R = sum y and, where the factors use it (clip of the mean), G = ||K e||^2."""
         R = float(y.sum())
-        G = 2.0 * float(np.dot(self.lam, y))
+        G = 2.0 * float(np.dot(self.lam, y)) if self.shifted else math.nan
         return R, G
 
     def second_order_coef(self, mu, kap, c):
