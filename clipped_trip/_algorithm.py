@@ -4,7 +4,7 @@ An algorithm is a frozen object holding its hyperparameters (``lr``, ``clip`` an
 drivers (:func:`simulate`, :func:`solve_ode`, :func:`simulate_sde`, :func:`sweep`) ask it for
 
 * ``kernel()``: a small hashable object (static to the compiled program) with the stochastic
-  update in JAX: ``init_state(model)``, ``step(noise, model, sched, key, e, state)`` and
+  update in JAX: ``init_state(model, sched0)``, ``step(noise, model, sched, key, e, state)`` and
   ``records(model, e, state)``; ``sched`` holds this step's values of the per-step tables;
 * ``step_tables(n_steps, D)``: those per-step tables (numbers stay length 1: sweeps share one
   program); ``sweep_axes``: the tables a sweep may vary;
@@ -19,7 +19,7 @@ by side.
 
 from __future__ import annotations
 
-__all__ = ["Algorithm", "as_algorithm"]
+__all__ = ["Algorithm", "as_algorithm", "EquivalentBase"]
 
 
 class Algorithm:
@@ -65,3 +65,51 @@ def as_algorithm(lr_or_algorithm, clip, where: str, lr=None):
             )
         return lr_or_algorithm
     return ClippedSGD(lr_or_algorithm, clip)
+
+
+class EquivalentBase:
+    """Shared pieces of a deterministic equivalent with a learning-rate schedule: ``lr_at``,
+    ``h_bound`` (gamma lambda_max / D over the horizon), the diagonal noise scale and ``paths``."""
+
+    shifted = False
+
+    def __init__(self, alg, problem):
+        import numpy as np
+
+        from ._schedules import is_constant, time_schedule_values
+
+        self.alg, self.noise = alg, problem.noise
+        self.lam, self.D = problem.eigenvalues, problem.D
+        self.lr = alg.lr
+        self.lr_const = (
+            time_schedule_values("lr", self.lr, np.zeros(1))[0] if is_constant(self.lr) else None
+        )
+        self.e0 = problem.initial_error
+        self._lam2_half_D = self.lam * self.lam / (2.0 * self.D)
+
+    def lr_at(self, t):
+        import numpy as np
+
+        from ._schedules import time_schedule_values
+
+        if self.lr_const is not None:
+            return self.lr_const
+        return float(time_schedule_values("lr", self.lr, np.array([t]))[0])
+
+    def h_bound(self, t_end):
+        import numpy as np
+
+        from ._schedules import time_schedule_values
+
+        lr = self.lr_const
+        if lr is None:
+            lr = float(time_schedule_values("lr", self.lr, np.linspace(0.0, t_end, 257)).max())
+        return lr * float(self.lam.max()) / self.D
+
+    def paths(self, t, risk):
+        """(lr, clip) along the path; clip NaN here (adaptive rules record it as a statistic)."""
+        import numpy as np
+
+        from ._schedules import time_schedule_values
+
+        return time_schedule_values("lr", self.lr, t), np.full(np.shape(t), np.nan)

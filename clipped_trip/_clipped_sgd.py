@@ -41,7 +41,7 @@ from ._factors import reduction_factors
 from ._schedules import RiskSchedule, is_constant, time_schedule_values
 from ._tables import LazyLogTable
 
-__all__ = ["ClippedSGD", "clipped_step", "CLIP_MODES"]
+__all__ = ["ClippedSGD", "clipped_step", "privacy_variance", "CLIP_MODES", "BiasEquivalent"]
 
 CLIP_MODES = ("per-example", "mean")
 
@@ -51,6 +51,12 @@ def _shift_nodes(z_range):
     scale z ~ 1 (the shift is 2 B R z against W ~ B (2R + E eps^2)), so a narrow range needs few."""
     width = z_range[1] - z_range[0]
     return 4 if width <= 0.05 else 6 if width <= 0.3 else 10
+
+
+def privacy_variance(lr, noise_multiplier, clip, batch):
+    """gamma^2 sigma^2 c^2 / (2 B^2): what DP-SGD's Gaussian mechanism adds to dv_i/dt, for
+    every coordinate whatever lambda_i (SPEC 9.1; in the map, times 1/D per step)."""
+    return lr * lr * noise_multiplier**2 * clip * clip / (2.0 * batch * batch)
 
 
 def clipped_step(w, grad_norm, lr, c, inv_D, sqrt_D):
@@ -67,38 +73,82 @@ def clipped_step(w, grad_norm, lr, c, inv_D, sqrt_D):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClippedSGDKernel:
-    """Static part of :class:`ClippedSGD` (part of the compiled program): batch and mode."""
+    """Static part of :class:`ClippedSGD` / :class:`DPSGD` (part of the compiled program).
+
+    ``perturbed``: each example's gradient gets k zeta (zeta ~ N(0, I_d), k = sched
+    "perturbation") before clipping (SPEC 10); ``private``: the clipped sum gets
+    sigma C xi (sigma = sched "noise_multiplier", C = c sqrt(D)) before the division by B
+    (DP-SGD, SPEC 9). Non-centred data (``"mean"`` in the model, SPEC 10): a = m + sqrt(lambda) z.
+    With none of these the program is v0.1's (bit for bit at B = 1).
+    """
 
     batch: int
     clip_mode: str
+    perturbed: bool = False
+    private: bool = False
 
-    def init_state(self, model):
+    def init_state(self, model, sched0):
         return ()
 
+    def _data(self, model, key, shape, dtype):
+        a = model["sqrt_lam"] * jax.random.normal(key, shape, dtype)
+        return a + model["mean"] if "mean" in model else a
+
     def step(self, noise, model, sched, key, e, state):
-        lr, c = sched["lr"], sched["clip"]
-        sqrt_lam, inv_D, sqrt_D = model["sqrt_lam"], model["inv_D"], model["sqrt_D"]
+        clip = sched["clip"]
+        e, _, _ = self.update(noise, model, sched, key, e, lambda norms: clip)
+        return e, state
+
+    def update(self, noise, model, sched, key, e, threshold):
+        """One step with the threshold ``threshold(norms)`` (c in residual units), given this
+        step's gradient norms in residual units ||g_j|| / sqrt(D) (scalar at B = 1, (B,)
+        otherwise; the norm of the mean gradient for clip of the mean). Returns (e, norms, c):
+        adaptive rules (quantile tracking, AutoClip) update their state from them.
+        """
+        lr = sched["lr"]
+        inv_D, sqrt_D = model["inv_D"], model["sqrt_D"]
         kz, ke = jax.random.split(key)
         d = e.shape[0]
-        if self.batch == 1:
-            a = sqrt_lam * jax.random.normal(kz, (d,), e.dtype)
+        B = self.batch
+        if self.perturbed or self.private:  # extra streams only where used: v0.1 keys unchanged
+            kp, kq = jax.random.split(jax.random.fold_in(key, 1))
+        if B == 1 and not self.perturbed:
+            a = self._data(model, kz, (d,), e.dtype)
             w = jnp.dot(a, e) - noise.sample(ke, (), e.dtype)
             g_norm = jnp.abs(w) * jnp.sqrt(jnp.dot(a, a))
-            return e - clipped_step(w, g_norm, lr, c, inv_D, sqrt_D) * a, state
-        B = self.batch
-        A = sqrt_lam * jax.random.normal(kz, (B, d), e.dtype)  # the only B x d block
-        w = A @ e - noise.sample(ke, (B,), e.dtype)
-        if self.clip_mode == "per-example":
-            g_norm = jnp.abs(w) * jnp.sqrt(jnp.sum(A * A, axis=1))
-            h = clipped_step(w, g_norm, lr, c, inv_D, sqrt_D) / B
-            return e - h @ A, state
-        m = (w @ A) / B  # mean gradient
-        m_norm = jnp.sqrt(jnp.dot(m, m))
-        return e - lr * inv_D * clip_factor(m_norm, c * sqrt_D) * m, state
+            c = threshold(g_norm * inv_D * sqrt_D)
+            e = e - clipped_step(w, g_norm, lr, c, inv_D, sqrt_D) * a
+        else:
+            A = self._data(model, kz, (B, d), e.dtype)  # the only B x d block
+            w = A @ e - noise.sample(ke, (B,), e.dtype)
+            if self.clip_mode == "mean":
+                m = (w @ A) / B  # mean gradient
+                g_norm = jnp.sqrt(jnp.dot(m, m))
+                c = threshold(g_norm * inv_D * sqrt_D)
+                e = e - lr * inv_D * clip_factor(g_norm, c * sqrt_D) * m
+            elif self.perturbed:  # clip(w_j a_j + k zeta_j): the step is along g_j itself
+                G = w[:, None] * A + sched["perturbation"] * jax.random.normal(kp, (B, d), e.dtype)
+                g_norm = jnp.sqrt(jnp.sum(G * G, axis=1))
+                c = threshold(g_norm * inv_D * sqrt_D)
+                h = clipped_step(jnp.ones_like(w), g_norm, lr, c, inv_D, sqrt_D) / B
+                e = e - h @ G
+            else:
+                g_norm = jnp.abs(w) * jnp.sqrt(jnp.sum(A * A, axis=1))
+                c = threshold(g_norm * inv_D * sqrt_D)
+                h = clipped_step(w, g_norm, lr, c, inv_D, sqrt_D) / B
+                e = e - h @ A
+        if self.private:  # Gaussian mechanism on the clipped sum: std sigma C, then / B
+            xi = jax.random.normal(kq, (d,), e.dtype)
+            e = e - (lr * inv_D * sched["noise_multiplier"] * c * sqrt_D / B) * xi
+        return e, g_norm * inv_D * sqrt_D, c
 
     def records(self, model, e, state):
         r = model["sqrt_lam"] * e
-        return {"risk": 0.5 * jnp.dot(r, r)}
+        risk = 0.5 * jnp.dot(r, r)
+        if "mean" not in model:
+            return {"risk": risk}
+        bias = jnp.dot(model["mean"], e)
+        return {"risk": risk, "bias": bias, "population_risk": risk + 0.5 * bias * bias}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,53 +188,79 @@ class ClippedSGD(Algorithm):
     clip: object = None
     batch: int = 1
     clip_mode: str = "per-example"
+    perturbation: float = 0.0
     sweep_axes: tuple = field(default=("lr", "clip"), init=False, repr=False)
 
-    def __init__(self, lr, clip=None, *, batch=1, clip_mode="per-example"):
+    def __init__(self, lr, clip=None, *, batch=1, clip_mode="per-example", perturbation=0.0):
         object.__setattr__(self, "lr", _check_schedule("lr", lr, False))
         object.__setattr__(self, "clip", _check_schedule("clip", clip, True))
         object.__setattr__(self, "batch", V.count("batch", batch))
         if clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {clip_mode!r}")
         object.__setattr__(self, "clip_mode", clip_mode)
+        k = V.nonnegative("perturbation", perturbation)
+        if k > 0 and clip_mode == "mean" and self.batch > 1:
+            raise ValueError(
+                "perturbation: Chen-Wu-Hong's fix perturbs each example's gradient before its "
+                "clipping; use clip_mode='per-example' (or batch=1)"
+            )
+        if k > 0 and isinstance(self.clip, RiskSchedule):
+            raise ValueError("perturbation: takes a clip that is a number or a time schedule")
+        object.__setattr__(self, "perturbation", k)
         object.__setattr__(self, "sweep_axes", ("lr", "clip"))
 
     def replace(self, **changes) -> "ClippedSGD":
-        kw = dict(lr=self.lr, clip=self.clip, batch=self.batch, clip_mode=self.clip_mode)
+        kw = dict(
+            lr=self.lr,
+            clip=self.clip,
+            batch=self.batch,
+            clip_mode=self.clip_mode,
+            perturbation=self.perturbation,
+        )
         kw.update(changes)
         return ClippedSGD(kw.pop("lr"), kw.pop("clip"), **kw)
 
     def kernel(self):
-        return ClippedSGDKernel(self.batch, self.clip_mode)
+        perturbed = self.perturbation > 0
+        mode = "per-example" if (perturbed and self.batch == 1) else self.clip_mode
+        return ClippedSGDKernel(self.batch, mode, perturbed=perturbed)
 
     def samples_per_step(self) -> int:
         return self.batch
 
     def step_tables(self, n_steps, D):
-        return {
+        tables = {
             "lr": step_table("lr", self.lr, n_steps, D, False),
             "clip": step_table("clip", self.clip, n_steps, D, True),
         }
+        if self.perturbation > 0:
+            tables["perturbation"] = np.array([self.perturbation])
+        return tables
 
     def describe(self) -> dict:
-        return {
+        desc = {
             "algorithm": "ClippedSGD",
             "lr": describe_schedule(self.lr),
             "clip": describe_schedule(self.clip),
             "batch": self.batch,
             "clip_mode": self.clip_mode,
         }
+        if self.perturbation > 0:
+            desc["perturbation"] = self.perturbation
+        return desc
 
     def deterministic(
         self, problem, *, use_table=True, second_order=False, for_map=False, cache=None
     ):
-        eq = ClippedSGDEquivalent(self, problem, use_table, second_order, for_map, cache)
-        return eq
+        if problem.data_mean is not None or self.perturbation > 0:
+            return BiasEquivalent(self, problem, second_order, for_map)
+        return ClippedSGDEquivalent(self, problem, use_table, second_order, for_map, cache)
 
     def __repr__(self):
+        extra = f", perturbation={self.perturbation!r}" if self.perturbation > 0 else ""
         return (
             f"ClippedSGD(lr={describe_schedule(self.lr)!r}, clip={describe_schedule(self.clip)!r}, "
-            f"batch={self.batch}, clip_mode={self.clip_mode!r})"
+            f"batch={self.batch}, clip_mode={self.clip_mode!r}{extra})"
         )
 
 
@@ -230,6 +306,8 @@ class ClippedSGDEquivalent:
         self.second_order = bool(second_order)  # keep the O(h) term in the ODE
         self.e0 = problem.initial_error
         self._lam2_half_D = self.lam * self.lam / (2.0 * self.D)
+        # DP-SGD (SPEC 9): the Gaussian mechanism adds sigma^2 c^2 D / B^2 to E[u_i^2]
+        self.sigma_dp = float(getattr(alg, "noise_multiplier", 0.0))
         self.lr_const = (
             time_schedule_values("lr", self.lr, np.zeros(1))[0] if is_constant(self.lr) else None
         )
@@ -398,6 +476,8 @@ class ClippedSGDEquivalent:
         dy = -2.0 * g * mu * lam * y + g * g * nu * self._lam2_half_D  # drift + noise
         if self.second_order:
             dy = dy + (g * g / self.D) * self.second_order_coef(mu, kap, c) * lam * lam * y
+        if self.sigma_dp > 0:  # SPEC 9.1: dv_i/dt += gamma^2 sigma^2 c^2 / (2 B^2)
+            dy = dy + lam * privacy_variance(g, self.sigma_dp, c, self.B)
         return {"y": dy}
 
     def map_step(self, k, state):
@@ -411,6 +491,8 @@ class ClippedSGDEquivalent:
         y_next = (1.0 - eta_lam * mu) ** 2 * y + 0.5 * eta_lam * eta_lam * nu
         if not (self.shifted and math.isfinite(c)):
             y_next = y_next + eta_lam * eta_lam * y * (kap - mu * mu) / self.B
+        if self.sigma_dp > 0:  # SPEC 9.1 map: v_i' += eta^2 sigma^2 c^2 D / (2 B^2)
+            y_next = y_next + self.lam * privacy_variance(g, self.sigma_dp, c, self.B) / self.D
         return {"y": y_next}
 
     def h_bound(self, t_end: float) -> float:
@@ -448,3 +530,112 @@ class ClippedSGDEquivalent:
         """(mu, nu_eff) of the homogenized SDE at arrays R, c, z (z ignored unless shifted)."""
         mu, nu, _ = self._raw(R, c, z, False)
         return mu, nu
+
+
+# ---------------------------------------------------------------------------------------------
+# non-centred data and the perturbation fix (SPEC 10): the mean error joins the state
+# ---------------------------------------------------------------------------------------------
+class BiasEquivalent:
+    """Deterministic equivalent with a data mean m and/or the perturbation k (SPEC 10).
+
+    State ``{"y": lambda v, "ebar": E e}`` (v_i = E e_i^2 / 2); with w ~ r + N(0, 2R) - eps,
+    r = <m, ebar>, delta^2 = k^2 d / D and the factors (mu~, kappa~, nu1~, nu0~) of
+    :func:`clipped_trip._bias_factors.bias_factors`:
+
+        d ebar_i / dt = -gamma (lambda_i mu ebar_i + m_i kappa)
+        d v_i / dt    = -gamma (2 lambda_i mu v_i + m_i ebar_i kappa)
+                        + gamma^2 (lambda_i nu1 + k^2 nu0) / (2 D B)   [+ DP: SPEC 9.1]
+
+    Recorded: ``risk`` R = sum y, ``bias`` r and ``population_risk`` R + r^2 / 2. Per-example
+    clipping only (B examples: the noise divided by B, the drift unchanged).
+
+    References: SPEC sections 10 and 13; Chen, Wu, Hong, NeurIPS 2020.
+    """
+
+    shifted = False
+    no_sde = (
+        "simulate_sde: non-centred data (data_mean) and the perturbation have no homogenized SDE "
+        "here; use simulate (SGD) or solve_ode"
+    )
+
+    def __init__(self, alg, problem, second_order, for_map):
+        from ._bias_factors import bias_factors  # deferred: theory side only
+
+        self._bias_factors = bias_factors
+        where = "data_mean / perturbation"
+        if second_order:
+            raise ValueError(f"second_order: not derived with {where} (SPEC 10); leave it False")
+        if for_map:
+            raise ValueError(
+                f"method='map' is not available with {where}; use the ODE (method='DOP853')"
+            )
+        if alg.batch > 1 and alg.clip_mode == "mean":
+            raise ValueError(
+                "data_mean: clip of the mean at batch > 1 has no derived equivalent with "
+                "non-centred data; use clip_mode='per-example'"
+            )
+        if isinstance(alg.clip, RiskSchedule):
+            raise ValueError(f"clip: with {where} give a number or a time schedule")
+        self.alg = alg
+        self.noise = problem.noise
+        self.lam = problem.eigenvalues
+        self.D, self.d, self.B = problem.D, problem.d, alg.batch
+        self.m = np.zeros(self.d) if problem.data_mean is None else np.asarray(problem.data_mean)
+        self.k = float(getattr(alg, "perturbation", 0.0))
+        self.delta = self.k * math.sqrt(self.d / self.D)  # SPEC 10: delta^2 = k^2 d / D
+        self.sigma_dp = float(getattr(alg, "noise_multiplier", 0.0))
+        self.lr, self.clip = alg.lr, alg.clip
+        self.e0 = problem.initial_error
+        self.lr_const = (
+            time_schedule_values("lr", self.lr, np.zeros(1))[0] if is_constant(self.lr) else None
+        )
+
+    lr_at = ClippedSGDEquivalent.lr_at
+    h_bound = ClippedSGDEquivalent.h_bound
+
+    def clip_at(self, t):
+        return float(
+            time_schedule_values("clip", self.clip, np.array([t]), allow_inf=True, allow_none=True)[
+                0
+            ]
+        )
+
+    def state0(self) -> dict:
+        return {"y": 0.5 * self.lam * self.e0 * self.e0, "ebar": np.array(self.e0, np.float64)}
+
+    def observe(self, state) -> dict:
+        R = state["y"].sum(axis=0)
+        r = self.m @ state["ebar"]
+        return {"risk": R, "bias": r, "population_risk": R + 0.5 * r * r}
+
+    def factors(self, t, R, r):
+        """(gamma, mu, kappa, nu1, nu0, c) at time t, risk R and bias r."""
+        if not (R <= 1e140 and abs(r) <= 1e70):
+            raise OverflowError(t)
+        c = self.clip_at(t)
+        mu, kap, nu1, nu0 = (
+            float(x) for x in self._bias_factors(self.noise, r, max(R, 0.0), c, self.delta)
+        )
+        return self.lr_at(t), mu, kap, nu1, nu0, c
+
+    def rates(self, t, state):
+        y, eb = state["y"], state["ebar"]
+        R, r = float(y.sum()), float(self.m @ eb)
+        g, mu, kap, nu1, nu0, c = self.factors(t, R, r)
+        if not (math.isfinite(nu1) and math.isfinite(g)):
+            raise OverflowError(t)
+        lam, m = self.lam, self.m
+        d_eb = -g * (lam * mu * eb + m * kap)
+        noise = g * g * lam * (lam * nu1 + self.k * self.k * nu0) / (2.0 * self.D * self.B)
+        dy = -g * (2.0 * lam * mu * y + lam * m * eb * kap) + noise
+        if self.sigma_dp > 0:
+            dy = dy + lam * privacy_variance(g, self.sigma_dp, c, self.B)
+        return {"y": dy, "ebar": d_eb}
+
+    def paths(self, t, risk):
+        lr_path = time_schedule_values("lr", self.lr, t)
+        clip_path = time_schedule_values("clip", self.clip, t, allow_inf=True, allow_none=True)
+        return lr_path, clip_path
+
+    def sde_factors(self, R, c, z):
+        raise ValueError(self.no_sde)

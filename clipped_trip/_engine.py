@@ -416,8 +416,10 @@ def chunk_items(n_cells, n_runs, chunk):
 def run_segmented(call, init, steps, n_chunks, clock):
     """Drive ``call(ci, carry, bounds) -> (carry, records)`` chunk by chunk, slice by slice.
 
-    ``records`` is an array (chunk, SEGMENTS); the records at the record times are gathered into
-    (n_chunks * chunk, len(steps)) float64. Each chunk starts from ``init(ci)``.
+    ``records`` is an array (chunk, SEGMENTS), or a dict of them (named statistics: "risk" and
+    e.g. "clip", "bias"); the records at the record times are gathered into (n_chunks * chunk,
+    len(steps)) float64 arrays (a dict if the call returns one). Each chunk starts from
+    ``init(ci)``.
     """
     n_rec = len(steps)
     out = []
@@ -430,13 +432,17 @@ def run_segmented(call, init, steps, n_chunks, clock):
                 b = clock.budget()
                 bounds, flags, pos, rec, used = plan_segments(steps, pos, rec, b)
                 carry, recs = call(ci, carry, jnp.asarray(bounds))
-                recs = np.asarray(recs, dtype=np.float64)  # blocks until the call is done
-                parts.append(recs[:, flags])
+                named = recs if isinstance(recs, dict) else {None: recs}
+                # np.asarray blocks until the call is done
+                parts.append(
+                    {k: np.asarray(v, dtype=np.float64)[:, flags] for k, v in named.items()}
+                )
                 clock.done(used)
-            out.append(np.concatenate(parts, axis=1))
+            out.append({k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]})
     finally:
         clock.close()
-    return np.concatenate(out, axis=0)
+    joined = {k: np.concatenate([o[k] for o in out], axis=0) for k in out[0]}
+    return joined[None] if None in joined else joined
 
 
 def check_table_range(tables: dict, dtype):

@@ -116,6 +116,34 @@ def write_arrays_and_sidecar(path, arrays: dict, meta: dict) -> Path:
     return path
 
 
+_STAT_PREFIX = "stat_"
+
+
+def _stat_arrays(result) -> dict:
+    """Further statistics (clip, bias, population_risk, ...) as arrays ``stat_<name>``."""
+    out = {}
+    for name, values in (result.stats or {}).items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ValueError(f"statistic names must be identifiers, got {name!r}")
+        out[_STAT_PREFIX + name] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+def _stats_of(name, arrays) -> dict:
+    shape = arrays["risk"].shape
+    stats = {}
+    for key in list(arrays):
+        if key.startswith(_STAT_PREFIX):
+            v = arrays.pop(key)
+            if v.shape != shape:
+                raise ValueError(
+                    f"result file {name!r}: {key!r} must have the shape of 'risk' {shape}, "
+                    f"got {v.shape}"
+                )
+            stats[key[len(_STAT_PREFIX) :]] = v
+    return stats
+
+
 def save_result(result, path, extra: dict | None = None) -> Path:
     """Write ``result`` to ``path`` (.npz) and ``path`` with .json (parameters, versions)."""
     path = Path(path)
@@ -131,6 +159,7 @@ def save_result(result, path, extra: dict | None = None) -> Path:
         if result.samples is not None:  # examples used up to each record (batch x steps)
             arrays["samples"] = np.asarray(result.samples, dtype=np.int64)
         kind = "RiskPaths"
+        arrays.update(_stat_arrays(result))
     elif isinstance(result, ODEResult):
         arrays = {
             "t": result.t,
@@ -141,6 +170,7 @@ def save_result(result, path, extra: dict | None = None) -> Path:
             "divergence_time": np.array(result.divergence_time),
         }
         kind = "ODEResult"
+        arrays.update(_stat_arrays(result))
     else:
         raise ValueError(f"result must be a RiskPaths or ODEResult, got {type(result).__name__}")
     meta = {"type": kind, "params": result.params, **(extra or {})}
@@ -288,6 +318,7 @@ def load_result(path):
     if kind not in ("RiskPaths", "ODEResult"):
         raise ValueError(f"result sidecar {str(meta_path)!r}: type must be RiskPaths or ODEResult")
     _check_arrays(name, kind, arrays)
+    stats = _stats_of(name, arrays)
     params = meta.get("params", {})
     if kind == "ODEResult":
         return ODEResult(
@@ -298,6 +329,7 @@ def load_result(path):
             bool(arrays["diverged"]),
             float(arrays["divergence_time"]),
             params,
+            stats=stats,
         )
     samples = arrays.get("samples")
     if samples is not None and (
@@ -311,4 +343,5 @@ def load_result(path):
         arrays["divergence_time"],
         params,
         samples=samples,
+        stats=stats,
     )

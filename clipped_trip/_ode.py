@@ -80,12 +80,15 @@ class _Overflow(Exception):
     """The right-hand side is infinite: the risk diverges."""
 
 
-def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold, risk_of):
-    """Step a scipy OdeSolver, recording ``risk_of`` of its dense output at the record times.
+def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold, obs_of):
+    """Step a scipy OdeSolver, recording ``obs_of`` (the statistics, risk first: (n_stats, k) for
+    k states) of its dense output at the record times.
 
-    Returns (risks: shape (1, n_done), record times done). Stops early when the risk passes
-    ``threshold`` (divergence). Only the statistic is kept: memory O(d), not O(d n_records).
+    Returns (statistics: shape (n_stats, n_done), record times done). Stops early when the risk
+    passes ``threshold`` (divergence). Only the statistics are kept: memory O(d), not
+    O(d n_records).
     """
+    risk_of = lambda vec: obs_of(vec)[0]  # noqa: E731
     import scipy.integrate  # deferred: keeps `import clipped_trip` light
 
     solver_cls = getattr(scipy.integrate, method, None) if isinstance(method, str) else None
@@ -98,16 +101,22 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold, risk_of):
             f"method must be 'rk4' or a scipy OdeSolver name (DOP853, RK45, Radau, "
             f"BDF, LSODA), got {method!r}"
         )
-    sums = []
+    sums = []  # one (n_stats,) column per record
     i = 0
     while i < t_rec.size and t_rec[i] <= 0.0:
-        sums.append(float(risk_of(y0)))
+        sums.append(obs_of(y0)[:, 0])
         i += 1
+
+    def done():
+        n_stats = obs_of(y0).shape[0]
+        out = np.array(sums).T if sums else np.zeros((n_stats, 0))
+        return out, t_rec[: len(sums)]
+
     if i < t_rec.size:
         try:
             solver = solver_cls(rhs, 0.0, y0, float(t_rec[-1]), rtol=rtol, atol=atol)
         except _Overflow:
-            return np.array(sums)[None, :], t_rec[: len(sums)]
+            return done()
         while i < t_rec.size:
             try:
                 msg = solver.step()
@@ -119,19 +128,20 @@ def _integrate(rhs, y0, t_rec, method, rtol, atol, threshold, risk_of):
             while j < t_rec.size and t_rec[j] <= solver.t:
                 j += 1
             if j > i:
-                sums.extend(np.atleast_1d(risk_of(solver.dense_output()(t_rec[i:j]))).tolist())
+                dense = solver.dense_output()(t_rec[i:j]).reshape(y0.size, j - i)
+                sums.extend(list(obs_of(dense).T))
                 i = j
-            if not float(risk_of(solver.y)) < threshold:  # also catches NaN
+            if not float(risk_of(solver.y)[0]) < threshold:  # also catches NaN
                 break
             if solver.status == "finished" and i < t_rec.size:
-                sums.extend([float(risk_of(solver.y))] * (t_rec.size - i))
+                sums.extend([obs_of(solver.y)[:, 0]] * (t_rec.size - i))
                 i = t_rec.size
-    return np.array(sums)[None, :], t_rec[: len(sums)]
+    return done()
 
 
-def _iterate_map(eq, layout, y0, steps, threshold, risk_of):
-    """The one-step map from step 0 to steps[-1], the risk recorded at ``steps``."""
-    out = np.full(steps.size, np.inf)
+def _iterate_map(eq, layout, y0, steps, threshold, obs_of):
+    """The one-step map from step 0 to steps[-1], the statistics recorded at ``steps``."""
+    out = np.full((obs_of(y0).shape[0], steps.size), np.inf)
     state = layout.unpack(y0)
     k = 0
     for i, target in enumerate(steps):
@@ -141,10 +151,10 @@ def _iterate_map(eq, layout, y0, steps, threshold, risk_of):
             except OverflowError:
                 return out
             k += 1
-            R = float(risk_of(layout.pack(state)))
+            R = float(obs_of(layout.pack(state))[0, 0])
             if not R < threshold:
                 return out
-        out[i] = float(risk_of(layout.pack(state)))
+        out[:, i] = obs_of(layout.pack(state))[:, 0]
     return out
 
 
@@ -276,6 +286,14 @@ def solve_ode(
     layout = _Layout(state0)
     y0 = layout.pack(state0)
 
+    stat_names = list(eq.observe(state0))  # "risk" first
+
+    def obs_of(vec):
+        """(n_stats, k) statistics of a flat state (d_state,) or states (d_state, k)."""
+        obs = eq.observe(layout.unpack(vec))
+        k = 1 if np.ndim(vec) == 1 else np.shape(vec)[1]
+        return np.stack([np.broadcast_to(np.asarray(obs[n], np.float64), (k,)) for n in stat_names])
+
     def risk_of(vec):
         return eq.observe(layout.unpack(vec))["risk"]
 
@@ -290,7 +308,7 @@ def solve_ode(
         if steps[-1] > 10**8:
             raise ValueError(f"method='map': T * D = {steps[-1]} steps is too many (max 1e8)")
         t_rec = steps / D
-        risk = _iterate_map(eq, layout, y0, steps, cap, risk_of)
+        recorded = _iterate_map(eq, layout, y0, steps, cap, obs_of)
         chosen = "map"
     else:
         t_rec, inverse = np.unique(t_req, return_inverse=True)
@@ -316,15 +334,21 @@ def solve_ode(
                 Y[:, 0] = y0
             if t_rec[0] > start:
                 Y = Y[:, 1:]
-            sums = np.atleast_1d(risk_of(Y))
+            sums = obs_of(Y)
         else:
             atol = rtol * 1e-6 * max(R0, 1e-300) / d if atol is None else V.positive("atol", atol)
-            Yr, ok_t = _integrate(rhs, y0, t_rec, chosen, rtol, atol, cap, risk_of)
-            sums = np.full(t_rec.shape, np.inf)
-            sums[: ok_t.size] = Yr[0][: ok_t.size]
-        risk = np.asarray(sums, dtype=np.float64)[inverse]
+            Yr, ok_t = _integrate(rhs, y0, t_rec, chosen, rtol, atol, cap, obs_of)
+            sums = np.full((len(stat_names), t_rec.size), np.inf)
+            sums[:, : ok_t.size] = Yr[:, : ok_t.size]
+        recorded = np.asarray(sums, dtype=np.float64)[:, inverse]
         t_rec = t_req
+    risk = recorded[0]
     risk, diverged, div_time = mark_divergence(np.asarray(risk, dtype=np.float64), t_rec, threshold)
+    stats = {n: np.where(np.isinf(risk), np.inf, recorded[i]) for i, n in enumerate(stat_names)}
+    stats.pop("risk")
+    for i, n in enumerate(stat_names):  # signed statistics (the bias <m, e>) keep their sign
+        if n == "bias":
+            stats[n] = np.nan_to_num(recorded[i], nan=0.0)
     diverged, div_time = bool(diverged), float(div_time)
     lr_path, clip_path = _hold_last(*eq.paths(t_rec, risk))
     desc = alg.describe()
@@ -339,4 +363,6 @@ def solve_ode(
         "second_order": bool(second_order),
         "problem": problem.describe(),
     }
-    return ODEResult(t_rec, risk, lr_path, clip_path, diverged, div_time, params)
+    if "clip" in stats:  # adaptive thresholds: the predicted c(t) (E_pi[c] in a fast regime)
+        clip_path = np.where(np.isinf(risk), clip_path, stats.pop("clip"))
+    return ODEResult(t_rec, risk, lr_path, clip_path, diverged, div_time, params, stats=stats)

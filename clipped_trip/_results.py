@@ -102,6 +102,9 @@ class RiskPaths:
             of infinite variance: the ODE and the SDE diverge there at once); ``mean`` is +inf
             after it, whatever the finite sample says.
         samples: examples used up to each record time (batch x steps), where known.
+        stats: further recorded statistics, each shaped like ``risk``: "clip" (the threshold
+            of adaptive rules), "bias" (<m, e>) and "population_risk" (R + <m, e>^2 / 2) for
+            non-centred data (SPEC 10); see :meth:`stat`.
     """
 
     t: np.ndarray
@@ -110,10 +113,47 @@ class RiskPaths:
     divergence_time: np.ndarray
     params: dict = field(default_factory=dict)
     samples: np.ndarray | None = None
+    stats: dict = field(default_factory=dict)
 
     @property
     def runs(self) -> int:
         return int(self.risk.shape[-2])
+
+    def stat(self, name: str) -> np.ndarray:
+        """A recorded statistic (runs x len(t), like ``risk``); ValueError naming those there."""
+        if name == "risk":
+            return self.risk
+        if name not in self.stats:
+            have = ", ".join(["risk", *sorted(self.stats)])
+            raise ValueError(f"no statistic {name!r} was recorded here (recorded: {have})")
+        return np.asarray(self.stats[name])
+
+    @property
+    def population_risk(self) -> np.ndarray:
+        """R + <m, e>^2 / 2 per run (SPEC 10; equal to ``risk`` for centred data)."""
+        return self.stats.get("population_risk", self.risk)
+
+    @property
+    def bias(self) -> np.ndarray:
+        """The bias statistic <m, e> per run (zeros for centred data)."""
+        return self.stats.get("bias", np.zeros_like(self.risk))
+
+    def stat_mean(self, name: str) -> np.ndarray:
+        """Mean over runs of a statistic, non-finite values left out (NaN where none is finite,
+        e.g. the threshold of AutoClip before its first step)."""
+        v = self.stat(name)
+        ok = np.isfinite(v)
+        n = ok.sum(axis=-2)
+        return np.where(n > 0, np.where(ok, v, 0.0).sum(axis=-2) / np.maximum(n, 1), np.nan)
+
+    def stat_band(self, name: str, coverage: float = 0.8):
+        """(lower, upper) quantile band of a statistic over runs."""
+        lo = (1 - coverage) / 2
+        v = np.asarray(self.stat(name), dtype=np.float64)
+        big = np.finfo(np.float64).max
+        q = np.quantile(np.where(np.isfinite(v), v, big), [lo, 1 - lo], axis=-2)
+        q = np.where(q > 1e300, np.inf, q)
+        return q[0], q[1]
 
     def infinite_mean_from(self) -> np.ndarray:
         """Per cell (shape risk.shape[:-2]): time after which E[risk] is infinite (inf: never)."""
@@ -206,6 +246,9 @@ class ODEResult:
             divergence they hold their last finite value (never NaN): the schedule the solve
             last used.
         diverged, divergence_time: whether (and from which record time) the risk diverged.
+        stats: further predicted statistics (1-D, like ``risk``): "bias" (<m, E e>) and
+            "population_risk" for non-centred data (SPEC 10), "mean_clip" for the fast
+            quantile rule (E_pi[c]), ...
     """
 
     t: np.ndarray
@@ -215,6 +258,17 @@ class ODEResult:
     diverged: bool = False
     divergence_time: float = float("nan")
     params: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def population_risk(self) -> np.ndarray:
+        """R + <m, E e>^2 / 2 (SPEC 10; equal to ``risk`` for centred data)."""
+        return self.stats.get("population_risk", self.risk)
+
+    @property
+    def bias(self) -> np.ndarray:
+        """The predicted bias statistic <m, E e> (zeros for centred data)."""
+        return self.stats.get("bias", np.zeros_like(self.risk))
 
     def time_schedules(self):
         """(lr, clip) as ``(times, values)`` schedules that ``simulate`` accepts."""

@@ -137,7 +137,12 @@ def _sde_slice(inputs, rows, keys, x, bounds, mode):
             if mode in ("risk", "shift"):  # clip row [1]: compensated learning rate gamma / mu
                 lr = jnp.where(rows["clip"][0] > 0.5, lr / mu, lr)
             xi = jax.random.normal(jax.random.fold_in(key, k), (d,), x.dtype)
-            return x - lr * mu * lam * x * dt + lr * jnp.sqrt(nu * inv_D * dt) * sqrt_lam * xi
+            x_new = x - lr * mu * lam * x * dt + lr * jnp.sqrt(nu * inv_D * dt) * sqrt_lam * xi
+            if "dp" in inputs:  # static: only DP-SGD runs this
+                c = inputs["dp_clip"] if "dp_clip" in inputs else at_step(rows["clip"], k)
+                xi2 = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, k), 1), (d,))
+                x_new = x_new + lr * inputs["dp"] * c * jnp.sqrt(dt) * xi2.astype(x.dtype)
+            return x_new
 
         def interval(x, bound):
             x = jax.lax.fori_loop(bound[0], bound[1], step, x)
@@ -230,6 +235,8 @@ def simulate_sde(
     check_work("simulate_sde", float(n_items) * n_steps * problem.d, max_work, "runs, T / dt or d")
     step_t = np.arange(n_steps) * dt if scheduled else np.zeros(1)
     eq = alg.deterministic(problem, use_table=False)
+    if getattr(eq, "no_sde", None):
+        raise ValueError(eq.no_sde)
     lr_tab = (
         time_schedule_values("lr", lr, np.zeros(1))
         if is_constant(lr)
@@ -307,6 +314,11 @@ def simulate_sde(
         "inv_B": f(1.0 / alg.samples_per_step()),
         "z_scale": f(z_scale),
     }
+    sigma_dp = float(getattr(eq, "sigma_dp", 0.0))
+    if sigma_dp > 0:  # DP-SGD: dX_i += gamma (sigma c / B) dB'_i (SPEC 9.1), c of this step
+        inputs["dp"] = f(sigma_dp / alg.samples_per_step())
+        if mode == "risk":
+            inputs["dp_clip"] = f(time_schedule_values("clip", clip, np.zeros(1))[0])
     keys = run_keys(seed, first_run, runs)
     cell_of, run_of = chunk_items(1, runs, chunk)
     tables = inputs.pop("tables")

@@ -77,16 +77,33 @@ def _simulate_slice(model, rows, seed, ids, carry, bounds, kernel, noise):
 
         def interval(carry, bound):
             carry = jax.lax.fori_loop(bound[0], bound[1], step, carry)
-            return carry, kernel.records(model, *carry)["risk"]
+            return carry, kernel.records(model, *carry)
 
         return jax.lax.scan(interval, carry, bounds)
 
     return jax.vmap(one_run)(rows, keys, carry)
 
 
-def _init_carry(kernel, model, e0, chunk):
+def problem_model(problem, dt) -> dict:
+    """The problem's arrays as the kernels see them (one pytree). ``"mean"`` is present only for
+    non-centred data (SPEC 10): its presence is static, so centred problems run the v0.1 program."""
+    model = {
+        "sqrt_lam": jnp.asarray(np.sqrt(problem.eigenvalues), dt),
+        "inv_D": jnp.asarray(1.0 / problem.D, dt),
+        "sqrt_D": jnp.asarray(math.sqrt(problem.D), dt),
+    }
+    if problem.data_mean is not None:
+        model["mean"] = jnp.asarray(problem.data_mean, dt)
+    return model
+
+
+def _init_carry(kernel, model, e0, rows):
+    """Each item's (e0, optimiser state); the state may read the step-0 schedule (e.g. c_0)."""
+    chunk = next(iter(rows.values())).shape[0]
     e = jnp.broadcast_to(e0, (chunk,) + e0.shape)
-    state = jax.vmap(lambda _: kernel.init_state(model))(jnp.arange(chunk))
+    state = jax.vmap(
+        lambda row: kernel.init_state(model, {k: at_step(v, 0) for k, v in row.items()})
+    )(rows)
     return (e, state)
 
 
@@ -147,11 +164,7 @@ def _run(
         per_cell = [alg.step_tables(n_steps, D) for alg in algorithms]
         tables = {name: np.stack([cell[name] for cell in per_cell]) for name in per_cell[0]}
         check_table_range(tables, dt)
-        model = {
-            "sqrt_lam": jnp.asarray(np.sqrt(problem.eigenvalues), dt),
-            "inv_D": jnp.asarray(1.0 / D, dt),
-            "sqrt_D": jnp.asarray(math.sqrt(D), dt),
-        }
+        model = problem_model(problem, dt)
         e0 = jnp.asarray(problem.initial_error, dt)
         cell_of, run_of = chunk_items(n_cells, runs, chunk)
         ids = (int(first_) + run_of).astype(np.uint32)
@@ -163,7 +176,7 @@ def _run(
         def init(ci):
             rows_of.clear()
             rows_of[ci] = {k: jnp.asarray(v[cell_of[ci]], dt) for k, v in tables.items()}
-            return _init_carry(kernel, model, e0, chunk)
+            return _init_carry(kernel, model, e0, rows_of[ci])
 
         def call(ci, carry, bounds):
             return _simulate_slice(
@@ -178,10 +191,13 @@ def _run(
             )
 
         records = run_segmented(call, init, steps, len(cell_of), clock)
-    risk = records[: n_cells * runs].reshape(n_cells, runs, -1)
+    risk = records.pop("risk")[: n_cells * runs].reshape(n_cells, runs, -1)
+    stats = {k: v[: n_cells * runs].reshape(n_cells, runs, -1) for k, v in records.items()}
     t_true = steps / D  # the times actually simulated (record times rounded to steps)
     risk, diverged, when = mark_divergence(risk, t_true, threshold)
-    return t_true, steps, risk, diverged, when, batch
+    if "population_risk" in stats:  # diverged with the risk
+        stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
+    return t_true, steps, risk, diverged, when, batch, stats
 
 
 def infinite_mean_from(noise, alg, n_steps, D):
@@ -253,7 +269,7 @@ def simulate(
     References: arXiv 2406.11733, clipped SGD (Sec. 2); SPEC sections 1-2, 8, 13.
     """
     alg = as_algorithm(algorithm, clip, "simulate", lr)
-    t, steps, risk, diverged, when, batch = _run(
+    t, steps, risk, diverged, when, batch, stats = _run(
         problem,
         [alg],
         T,
@@ -282,7 +298,8 @@ def simulate(
     inf_from = infinite_mean_from(problem.noise, alg, int(steps[-1]), problem.D)
     if inf_from is not None:
         params["infinite_mean_from"] = inf_from
-    return RiskPaths(t, risk[0], diverged[0], when[0], params, samples=batch * steps)
+    stats = {k: v[0] for k, v in stats.items()}
+    return RiskPaths(t, risk[0], diverged[0], when[0], params, samples=batch * steps, stats=stats)
 
 
 def _legacy_fields(alg):
@@ -375,7 +392,7 @@ def _sweep(
     if not lrs or not clips:
         raise ValueError("lrs and clips must each hold at least one value")
     cells = [base.replace(lr=lr, clip=c) for lr in lrs for c in clips]
-    t, steps, risk, diverged, when, batch = _run(
+    t, steps, risk, diverged, when, batch, stats = _run(
         problem,
         cells,
         T,
@@ -414,4 +431,5 @@ def _sweep(
         when.reshape(shape + (runs,)),
         params,
         samples=batch * steps,
+        stats={k: v.reshape(shape + v.shape[1:]) for k, v in stats.items()},
     )
