@@ -9,6 +9,10 @@ Where each formula of SPEC.md lives:
     section 7 (exact reduced simulation)  -> _reduced.py
     section 8 (mini-batch clipping)       -> _clipped_sgd.py (update, ODE/map/SDE terms),
                                              _batch_factors.py (mu_B, nu_B, kap)
+    section 9 (DP-SGD, privacy)           -> _dpsgd.py (update, ODE/map/SDE terms), _privacy.py
+    section 10 (clipping bias, perturbation) -> _clipped_sgd.py (BiasEquivalent), _bias_factors.py
+    section 11 (adaptive thresholds)      -> _quantile_clip.py, _autoclip.py, _adaptive_factors.py
+    section 12 (value clipping, signSGD)  -> _value_clip.py, _value_factors.py
     section 13 (algorithm contract)       -> _algorithm.py; one engine: _engine.py
 """
 
@@ -16,6 +20,8 @@ from ._algorithm import Algorithm
 from ._clip import clip_by_norm, clip_factor
 from ._clipped_sgd import ClippedSGD
 from ._config import enable_compilation_cache
+from ._autoclip import AutoClipSGD
+from ._dpsgd import DPSGD
 from ._criteria import (
     ccc,
     critical_batch,
@@ -43,18 +49,26 @@ from ._noise import (
     parse_noise,
 )
 from ._ode import solve_ode
+from ._privacy import noise_multiplier_for, privacy_epsilon, privacy_report
 from ._problem import Problem
+from ._quantile_clip import QuantileClipSGD
 from ._reduced import ReducedProblem, simulate_reduced
 from ._results import ODEResult, RiskPaths
 from ._schedules import RiskSchedule
 from ._sde import simulate_sde
 from ._simulate import simulate, sweep
+from ._value_clip import SignSGD, ValueClipSGD
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm",
     "ClippedSGD",
+    "DPSGD",
+    "QuantileClipSGD",
+    "AutoClipSGD",
+    "ValueClipSGD",
+    "SignSGD",
     "Problem",
     "NoiseLaw",
     "Gaussian",
@@ -84,6 +98,9 @@ __all__ = [
     "heuristic_schedule",
     "tune_kappa",
     "RiskSchedule",
+    "privacy_epsilon",
+    "noise_multiplier_for",
+    "privacy_report",
     "RiskPaths",
     "ODEResult",
     "enable_compilation_cache",

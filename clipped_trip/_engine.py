@@ -452,7 +452,7 @@ def check_table_range(tables: dict, dtype):
     lo, hi = float(info.tiny) * 1e6, float(info.max) / 1e6
     for name, values in tables.items():
         v = np.asarray(values, dtype=np.float64)
-        v = v[np.isfinite(v)]
+        v = v[np.isfinite(v) & (v != 0)]  # exact zeros (e.g. noise_multiplier 0) are fine
         if v.size and (v.min() < lo or v.max() > hi):
             raise ValueError(
                 f"{name}: values must lie in [{lo:.3g}, {hi:.3g}] to be simulated in "

@@ -32,7 +32,7 @@ from . import _validate as V
 from ._algorithm import as_algorithm
 from ._engine import requested_times
 from ._problem import Problem
-from ._results import ODEResult, divergence_limit, mark_divergence
+from ._results import ODEResult, divergence_limit, mark_divergence, risk_scale
 from ._schedules import is_constant
 
 __all__ = ["solve_ode", "MAP_THRESHOLD"]
@@ -336,7 +336,9 @@ def solve_ode(
                 Y = Y[:, 1:]
             sums = obs_of(Y)
         else:
-            atol = rtol * 1e-6 * max(R0, 1e-300) / d if atol is None else V.positive("atol", atol)
+            # start at the optimum (R0 = 0): scale the tolerance by the noise instead
+            ref = R0 if R0 > 0 else risk_scale(R0, problem.noise)
+            atol = rtol * 1e-6 * ref / d if atol is None else V.positive("atol", atol)
             Yr, ok_t = _integrate(rhs, y0, t_rec, chosen, rtol, atol, cap, obs_of)
             sums = np.full((len(stat_names), t_rec.size), np.inf)
             sums[:, : ok_t.size] = Yr[:, : ok_t.size]
