@@ -67,7 +67,8 @@ def test_zero_noise_multiplier_is_per_example_clipped_sgd_bit_for_bit(batch):
 
 def test_ode_matches_the_isotropic_closed_form():
     """K = I, Gaussian noise, a clip so large that nothing is clipped (mu = 1, nu = 2R + s^2)
-    but sigma c = 1: dR/dt = -2 g R + g^2 (2R + s^2) / (2B) + D g^2 (sigma c)^2 / (2 B^2), linear."""
+    but sigma c = 1: dR/dt = -2 g R + g^2 (2R + s^2) / (2B) + D g^2 (sigma c)^2 / (2 B^2),
+    a linear ODE."""
     d, B, g, s = 40, 4, 0.8, 0.5
     c, sigma = 1e6, 1e-6
     p = ct.Problem.isotropic(d, ct.Gaussian(s))
