@@ -43,6 +43,10 @@ class Algorithm:
     def samples_per_step(self) -> int:
         return 1
 
+    def check_problem(self, problem) -> None:
+        """Raise ValueError if the stochastic update is not defined on ``problem`` (the
+        simulators call it; e.g. value clipping needs the data's own coordinates)."""
+
 
 def as_algorithm(lr_or_algorithm, clip, where: str, lr=None):
     """The v0.1 shorthand ``f(problem, lr, clip)`` is ``f(problem, ClippedSGD(lr, clip))``.

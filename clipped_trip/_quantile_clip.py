@@ -32,9 +32,15 @@ from ._engine import describe_schedule, step_table
 from ._factors import reduction_factors
 from ._tables import LazyLogTable
 
-__all__ = ["QuantileClipSGD", "REGIMES"]
+__all__ = ["QuantileClipSGD", "REGIMES", "quantile_update"]
 
 REGIMES = ("auto", "slow", "fast")
+
+
+def quantile_update(log_clip, unclipped, quantile, clip_lr):
+    """Andrew et al.'s geometric rule in log form: log C' = log C - eta_C (b - q), with b the
+    fraction of unclipped gradients (1{||g|| <= C} at batch 1). Works on numbers and arrays."""
+    return log_clip - clip_lr * (unclipped - quantile)
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class QuantileClipKernel:
             noise, model, sched, key, e, lambda norms: c
         )
         unclipped = (norms <= c).astype(e.dtype)
-        return e, u - sched["clip_lr"] * (unclipped - sched["quantile"])
+        return e, quantile_update(u, unclipped, sched["quantile"], sched["clip_lr"])
 
     def records(self, model, e, u):
         r = model["sqrt_lam"] * e
@@ -135,8 +141,8 @@ class QuantileClipSGD(Algorithm):
     ):
         if second_order or for_map:
             raise ValueError(
-                "QuantileClipSGD: only the first-order ODE is derived (SPEC 11A); use "
-                "method='DOP853' and second_order=False"
+                "QuantileClipSGD: method='map' and second_order=True are not available, only the "
+                "first-order ODE is derived (SPEC 11A); use method='DOP853'"
             )
         if problem.data_mean is not None:
             raise ValueError("QuantileClipSGD: non-centred data (data_mean) is not supported")

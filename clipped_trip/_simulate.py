@@ -134,6 +134,8 @@ def _run(
 ):
     """Run every algorithm (cells of one kernel) on the same random stream."""
     runs, first_run, threshold = check_run_args(problem, Problem, runs, first_run, threshold)
+    for alg in algorithms[:1]:  # the cells of a sweep share the algorithm class
+        alg.check_problem(problem)
     dt = resolve_dtype(dtype)
     check_noise_range(problem.noise, dt)
     kernel = algorithms[0].kernel()

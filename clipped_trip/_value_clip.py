@@ -139,10 +139,16 @@ class ValueClipSGD(Algorithm):
     def deterministic(
         self, problem, *, use_table=True, second_order=False, for_map=False, cache=None
     ):
-        _check_problem("ValueClipSGD", problem)
+        self.check_problem(problem)
         if second_order or for_map:
-            raise ValueError("ValueClipSGD: only the first-order ODE is derived (SPEC 12)")
+            raise ValueError(
+                "ValueClipSGD: method='map' and second_order=True are not available, only the "
+                "first-order ODE is derived (SPEC 12); use method='DOP853'"
+            )
         return _ValueEquivalent(self, problem)
+
+    def check_problem(self, problem) -> None:
+        _check_problem("ValueClipSGD", problem)
 
     def __repr__(self):
         return f"ValueClipSGD(lr={describe_schedule(self.lr)!r}, clip_value={self.clip_value!r})"
@@ -185,10 +191,16 @@ class SignSGD(Algorithm):
     def deterministic(
         self, problem, *, use_table=True, second_order=False, for_map=False, cache=None
     ):
-        _check_problem("SignSGD", problem)
+        self.check_problem(problem)
         if second_order or for_map:
-            raise ValueError("SignSGD: only the first-order ODE is derived (SPEC 12)")
+            raise ValueError(
+                "SignSGD: method='map' and second_order=True are not available, only the "
+                "first-order ODE is derived (SPEC 12); use method='DOP853'"
+            )
         return _SignEquivalent(self, problem)
+
+    def check_problem(self, problem) -> None:
+        _check_problem("SignSGD", problem)
 
     def __repr__(self):
         return f"SignSGD(lr={describe_schedule(self.lr)!r})"
