@@ -553,10 +553,7 @@ class BiasEquivalent:
     """
 
     shifted = False
-    no_sde = (
-        "simulate_sde: non-centred data (data_mean) and the perturbation have no homogenized SDE "
-        "here; use simulate (SGD) or solve_ode"
-    )
+    bias_sde = True  # simulate_sde runs its own (R, r)-table SDE for this equivalent
 
     def __init__(self, alg, problem, second_order, for_map):
         from ._bias_factors import bias_factors  # deferred: theory side only
@@ -636,6 +633,3 @@ class BiasEquivalent:
         lr_path = time_schedule_values("lr", self.lr, t)
         clip_path = time_schedule_values("clip", self.clip, t, allow_inf=True, allow_none=True)
         return lr_path, clip_path
-
-    def sde_factors(self, R, c, z):
-        raise ValueError(self.no_sde)

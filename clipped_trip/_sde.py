@@ -235,6 +235,24 @@ def simulate_sde(
     check_work("simulate_sde", float(n_items) * n_steps * problem.d, max_work, "runs, T / dt or d")
     step_t = np.arange(n_steps) * dt if scheduled else np.zeros(1)
     eq = alg.deterministic(problem, use_table=False)
+    if getattr(eq, "bias_sde", False):  # non-centred data / perturbation (SPEC 10)
+        return _simulate_bias_sde(
+            problem,
+            alg,
+            eq,
+            t,
+            steps,
+            n_steps,
+            dt,
+            runs,
+            seed,
+            first_run,
+            chunk,
+            dtype_,
+            threshold,
+            progress,
+            dtype,
+        )
     if getattr(eq, "no_sde", None):
         raise ValueError(eq.no_sde)
     lr_tab = (
@@ -352,3 +370,167 @@ def simulate_sde(
         "problem": problem.describe(),
     }
     return RiskPaths(t, risk, diverged, when, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# non-centred data and the perturbation (SPEC 10): the mean drift m kappa(r, R) joins the SDE
+# ---------------------------------------------------------------------------------------------
+_R_NODES_PER_DECADE = 24
+_BIAS_NODES = 41
+
+
+def _bias_tables(eq, lr, c, R_lo, R_hi, r_lo, r_hi):
+    """log mu, kappa, log nu1, log nu0 on a (log R, r) grid (bilinear inside the loop; the
+    table error, ~1e-4, is far below the Monte Carlo error)."""
+    log_r = np.linspace(
+        math.log(R_lo), math.log(R_hi), int(_R_NODES_PER_DECADE * math.log10(R_hi / R_lo)) + 2
+    )
+    r_grid = np.linspace(r_lo, r_hi, _BIAS_NODES)
+    RR, rr = np.meshgrid(np.exp(log_r), r_grid, indexing="ij")
+    mu, kap, nu1, nu0 = eq._bias_factors(eq.noise, rr, RR, c, eq.delta)
+    tiny = 1e-300
+    return (
+        log_r,
+        r_grid,
+        {
+            "log_mu": np.log(np.maximum(mu, tiny)),
+            "kappa": kap,
+            "log_nu1": np.log(np.maximum(nu1, tiny)),
+            "log_nu0": np.log(np.maximum(nu0, tiny)),
+        },
+    )
+
+
+@jax.jit
+def _sde_bias_slice(inputs, keys, x, bounds):
+    """Euler-Maruyama for dX = -gamma (mu K X + m kappa) dt
+    + gamma sqrt((lambda nu1 + k^2 nu0) / (D B) [+ DP]) dB, factors at (R, r = <m, X>)."""
+    lam, m = inputs["lam"], inputs["m"]
+    lr, dt, inv_D = inputs["lr"], inputs["dt"], inputs["inv_D"]
+    log_r, r_grid = inputs["log_r"], inputs["r_grid"]
+    d = lam.shape[0]
+
+    def table(name, i, j, fx, fy):
+        tab = inputs[name]
+        return (
+            (1 - fx) * (1 - fy) * tab[i, j]
+            + fx * (1 - fy) * tab[i + 1, j]
+            + (1 - fx) * fy * tab[i, j + 1]
+            + fx * fy * tab[i + 1, j + 1]
+        )
+
+    def one_run(key, x):
+        def step(k, x):
+            R = 0.5 * jnp.dot(lam * x, x)
+            r = jnp.dot(m, x)
+            lx = jnp.log(jnp.maximum(R, 1e-300))
+            i = jnp.clip(jnp.searchsorted(log_r, lx) - 1, 0, log_r.size - 2)
+            j = jnp.clip(jnp.searchsorted(r_grid, r) - 1, 0, r_grid.size - 2)
+            fx = jnp.clip((lx - log_r[i]) / (log_r[i + 1] - log_r[i]), 0.0, 1.0)
+            fy = jnp.clip((r - r_grid[j]) / (r_grid[j + 1] - r_grid[j]), 0.0, 1.0)
+            mu = jnp.exp(table("log_mu", i, j, fx, fy))
+            kap = table("kappa", i, j, fx, fy)
+            nu1 = jnp.exp(table("log_nu1", i, j, fx, fy))
+            nu0 = jnp.exp(table("log_nu0", i, j, fx, fy))
+            var = (lam * nu1 + inputs["k2"] * nu0) * inv_D * inputs["inv_B"] + inputs["dp2"]
+            xi = jax.random.normal(jax.random.fold_in(key, k), (d,), x.dtype)
+            return x - lr * (mu * lam * x + m * kap) * dt + lr * jnp.sqrt(var * dt) * xi
+
+        def interval(x, bound):
+            x = jax.lax.fori_loop(bound[0], bound[1], step, x)
+            R = 0.5 * jnp.dot(lam * x, x)
+            r = jnp.dot(m, x)
+            return x, {"risk": R, "bias": r, "population_risk": R + 0.5 * r * r}
+
+        return jax.lax.scan(interval, x, bounds)
+
+    return jax.vmap(one_run)(keys, x)
+
+
+def _simulate_bias_sde(
+    problem,
+    alg,
+    eq,
+    t,
+    steps,
+    n_steps,
+    dt,
+    runs,
+    seed,
+    first_run,
+    chunk,
+    dtype_,
+    threshold,
+    progress,
+    dtype,
+):
+    if not (is_constant(alg.lr) and is_constant(alg.clip)):
+        raise ValueError(
+            "simulate_sde: with data_mean or perturbation, lr and clip must be constant numbers"
+        )
+    from ._ode import solve_ode
+
+    lr = float(time_schedule_values("lr", alg.lr, np.zeros(1))[0])
+    c = float(
+        time_schedule_values("clip", alg.clip, np.zeros(1), allow_inf=True, allow_none=True)[0]
+    )
+    # the (R, r) window from the deterministic path, widened for the runs' spread
+    ode = solve_ode(problem, alg, times=t)
+    R_ok = ode.risk[np.isfinite(ode.risk)]
+    ref = max(float(R_ok.max()), 1e-12)
+    R_lo, R_hi = max(float(R_ok.min()), 1e-8 * ref) / 100.0, ref * 100.0
+    r_path = ode.bias[np.isfinite(ode.bias)]
+    spread = 0.5 * (float(np.ptp(r_path)) + math.sqrt(ref)) + 1e-6
+    log_r, r_grid, tabs = _bias_tables(
+        eq, lr, c, R_lo, R_hi, float(r_path.min()) - spread, float(r_path.max()) + spread
+    )
+    f = lambda a: jnp.asarray(a, dtype_)  # noqa: E731
+    B = alg.samples_per_step()
+    sigma = float(getattr(eq, "sigma_dp", 0.0))
+    dp2 = (sigma * c / B) ** 2 if sigma > 0 else 0.0  # DP-SGD: gamma (sigma c / B) dB' per coord
+    inputs = {
+        "lam": f(problem.eigenvalues),
+        "m": f(eq.m),
+        "lr": f(lr),
+        "dt": f(dt),
+        "inv_D": f(1.0 / problem.D),
+        "inv_B": f(1.0 / B),
+        "k2": f(eq.k * eq.k),
+        "dp2": f(dp2),
+        "log_r": f(log_r),
+        "r_grid": f(r_grid),
+        **{k: f(v) for k, v in tabs.items()},
+    }
+    keys = run_keys(seed, first_run, runs)
+    cell_of, run_of = chunk_items(1, runs, chunk)
+    x0 = f(problem.initial_error)
+    clock = SliceClock(len(cell_of) * n_steps, 8e-9 * chunk * problem.d, progress, "simulate_sde")
+
+    def init(ci):
+        return jnp.broadcast_to(x0, (chunk, problem.d))
+
+    def call(ci, x, bounds):
+        return _sde_bias_slice(inputs, keys[run_of[ci]], x, bounds)
+
+    with out_of_memory_as_value_error("simulate_sde", "runs, n_records, d or T / dt"):
+        records = run_segmented(call, init, steps, len(cell_of), clock)
+    t = steps * dt
+    risk = records.pop("risk")[:runs]
+    stats = {k: v[:runs] for k, v in records.items()}
+    risk, diverged, when = mark_divergence(risk, t, threshold)
+    stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
+    desc = alg.describe()
+    params = {
+        "kind": "sde",
+        "lr": desc.get("lr"),
+        "clip": desc.get("clip"),
+        "algorithm": desc,
+        "dt": dt,
+        "T": float(t[-1]),
+        "runs": runs,
+        "seed": seed,
+        "first_run": first_run,
+        "dtype": str(dtype),
+        "problem": problem.describe(),
+    }
+    return RiskPaths(t, risk, diverged, when, params, stats=stats)

@@ -115,6 +115,20 @@ def test_sgd_matches_the_bias_ode(k):
     np.testing.assert_allclose(sgd.mean()[1:], ode.risk[1:], rtol=tol)
 
 
+def test_sde_matches_the_bias_ode():
+    """The homogenized SDE with the mean drift m kappa(r, R) (SPEC 10) against the ODE."""
+    d, runs = 100, 8
+    p = _problem(d)
+    alg = ct.ClippedSGD(0.5, 0.5, perturbation=1.0)
+    sde = ct.simulate_sde(p, alg, T=4.0, runs=runs, seed=2, n_records=3, dt=0.02, dtype="float64")
+    ode = ct.solve_ode(p, alg, times=sde.t)
+    r = sde.stat("bias")
+    se = r.std(axis=0, ddof=1) / math.sqrt(runs)
+    # plus O(lr dt) for the Euler-Maruyama step
+    assert np.all(np.abs(r.mean(axis=0) - ode.bias)[1:] < 5 * se[1:] + 4 / d + 0.02 * 0.5)
+    np.testing.assert_allclose(sde.mean()[1:], ode.risk[1:], rtol=monte_carlo_rel(runs, d) + 0.01)
+
+
 def test_perturbation_reduces_the_bias_at_a_variance_cost():
     p = _problem(40)
     out = {}
@@ -135,8 +149,8 @@ def test_unsupported_combinations_are_refused():
         ct.solve_ode(p, ct.ClippedSGD(0.5, 0.5, batch=4, clip_mode="mean"), T=1.0)
     with pytest.raises(ValueError, match="map"):
         ct.solve_ode(p, ct.ClippedSGD(0.5, 0.5), T=1.0, method="map")
-    with pytest.raises(ValueError, match="SDE"):
-        ct.simulate_sde(p, ct.ClippedSGD(0.5, 0.5), T=1.0, runs=2)
+    with pytest.raises(ValueError, match="constant"):
+        ct.simulate_sde(p, ct.ClippedSGD(lambda t: 0.5 + 0 * t, 0.5), T=1.0, runs=2)
     with pytest.raises(ValueError, match="perturbation"):
         ct.ClippedSGD(0.5, 0.5, perturbation=-1.0)
     with pytest.raises(ValueError, match="data_mean"):
