@@ -31,7 +31,9 @@ from ._criteria import (
     max_ccc,
     max_ccc_schedule,
     optimal_clip,
+    quantile_stationary_point,
     tune_kappa,
+    value_clip_preconditioner,
 )
 from ._factors import reduction_factors
 from ._io import load_result, save_result
@@ -97,6 +99,8 @@ __all__ = [
     "max_ccc_schedule",
     "heuristic_schedule",
     "tune_kappa",
+    "quantile_stationary_point",
+    "value_clip_preconditioner",
     "RiskSchedule",
     "privacy_epsilon",
     "noise_multiplier_for",

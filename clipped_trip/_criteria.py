@@ -26,6 +26,8 @@ __all__ = [
     "max_ccc_schedule",
     "heuristic_schedule",
     "tune_kappa",
+    "quantile_stationary_point",
+    "value_clip_preconditioner",
 ]
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -363,3 +365,53 @@ def tune_kappa(problem, lr, T, kappas=None, **ode_kwargs):
         ]
     )
     return float(kappas[int(np.argmin(finals))]), kappas, finals
+
+
+# ---------------------------------------------------------------------------------------------
+# adaptive thresholds and value clipping (SPEC 11, 12)
+# ---------------------------------------------------------------------------------------------
+def quantile_stationary_point(noise, lr, quantile):
+    """Where quantile tracking settles (SPEC 11A.a, slow regime): the risk R_inf and threshold
+    c_inf with mu_{c_inf}(R_inf) = q (c_inf is the q-quantile of |w| at R_inf) and R_inf the
+    fixed point of the risk ODE with those factors, R_inf = gamma nu_{c_inf}(R_inf) / (4 q)
+    (constant lr; any spectrum: sum_i y_i = gamma nu / (4 mu) at the fixed point).
+
+    Returns (c_inf, R_inf). In the fast regime the drift factor is q as well but the noise is
+    E_pi[nu_c] (see :func:`clipped_trip._adaptive_factors.quantile_fast_factors`).
+
+    References: SPEC section 11A; Andrew et al. 2021.
+    """
+    from scipy.optimize import brentq
+
+    from ._adaptive_factors import quantile_clip
+
+    gamma = V.positive("lr", lr)
+    q = V.real("quantile", quantile, lo=0.0, hi=1.0)
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile!r}")
+
+    def excess(log_R):
+        R = math.exp(log_R)
+        c = quantile_clip(noise, R, q)
+        nu = float(reduction_factors(noise, R, c)[1])
+        return math.log(gamma * nu / (4.0 * q)) - log_R
+
+    lo, hi = math.log(1e-12), math.log(1e12)
+    log_R = brentq(excess, lo, hi, xtol=1e-13, rtol=1e-13)
+    R = math.exp(log_R)
+    return float(quantile_clip(noise, R, q)), R
+
+
+def value_clip_preconditioner(problem, clip_value, risk):
+    """The effective spectrum of value clipping at risk R (SPEC 12): mu_i(R) lambda_i, the rate
+    at which coordinate i contracts (plain SGD: lambda_i). Small theta_i = tau / sqrt(lambda_i):
+    ~ 2 sqrt(2/pi) p_w(0) tau sqrt(lambda_i) (sign-like, sqrt(lambda) preconditioning).
+
+    Returns an array like ``problem.eigenvalues``.
+
+    References: SPEC section 12.
+    """
+    from ._value_factors import value_clip_factors
+
+    mu, _ = value_clip_factors(problem.noise, risk, clip_value, problem.eigenvalues)
+    return mu * problem.eigenvalues

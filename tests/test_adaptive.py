@@ -139,3 +139,15 @@ def test_autoclip_exact_and_histogram_runs_agree():
     hist = ct.simulate(p, ct.AutoClipSGD(1.0, percentile=50), **kw)
     width = math.log(HIST_RANGE[1] / HIST_RANGE[0]) / HIST_BINS
     np.testing.assert_allclose(hist.stat("clip")[:, 1:], exact.stat("clip")[:, 1:], rtol=width)
+
+
+def test_quantile_stationary_point_is_where_the_slow_ode_settles():
+    p = ct.Problem.isotropic(50, ct.StudentT(3.0, 0.5))
+    c_inf, R_inf = ct.quantile_stationary_point(p.noise, 1.0, 0.5)
+    mu, nu = ct.reduction_factors(p.noise, R_inf, c_inf)
+    assert mu == pytest.approx(0.5, abs=1e-12)
+    assert R_inf == pytest.approx(1.0 * nu / (4 * 0.5), rel=1e-12)
+    alg = ct.QuantileClipSGD(1.0, 1.0, quantile=0.5, clip_lr=2.0 / p.D)
+    ode = ct.solve_ode(p, alg, T=60.0, n_records=2)
+    assert ode.risk[-1] == pytest.approx(R_inf, rel=1e-6)
+    assert ode.clip_path[-1] == pytest.approx(c_inf, rel=1e-6)

@@ -89,3 +89,15 @@ def test_value_clipping_needs_the_coordinate_basis():
     assert ct.solve_ode(diagonal, ct.ValueClipSGD(1.0, 0.1), T=1.0, n_records=2).risk[-1] > 0
     with pytest.raises(ValueError, match="clip_value"):
         ct.ValueClipSGD(1.0, 0.0)
+
+
+def test_preconditioner_limits():
+    """mu_i lambda_i -> lambda_i for large tau; ~ 2 sqrt(2/pi) p_w(0) tau sqrt(lambda_i) for
+    small tau (Gaussian noise: p_w(0) = 1 / sqrt(2 pi (2R + s^2)))."""
+    lam = np.array([1.0, 0.1, 0.01])
+    p = ct.Problem(lam, np.zeros(3), np.zeros(3), ct.Gaussian(0.5))
+    np.testing.assert_allclose(ct.value_clip_preconditioner(p, 1e9, 0.1), lam, rtol=1e-12)
+    tau, R = 1e-6, 0.1
+    pw0 = 1 / math.sqrt(2 * math.pi * (2 * R + 0.25))
+    expected = 2 * math.sqrt(2 / math.pi) * pw0 * tau * np.sqrt(lam)
+    np.testing.assert_allclose(ct.value_clip_preconditioner(p, tau, R), expected, rtol=1e-4)
