@@ -78,6 +78,43 @@ def _json_default(x):
     return repr(x)
 
 
+_FLOAT_TAG = "$float"  # strict JSON has no inf / nan: {"$float": "inf"} stands for the number
+
+
+def _tag_floats(obj):
+    """``obj`` with every non-finite float replaced by {"$float": "inf" | "-inf" | "nan"}."""
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        if math.isfinite(x):
+            return x
+        return {_FLOAT_TAG: "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")}
+    if isinstance(obj, dict):
+        return {k: _tag_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_tag_floats(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _tag_floats(obj.tolist())
+    if isinstance(obj, np.integer):
+        return obj.item()
+    return obj
+
+
+def _untag_float(d):
+    if len(d) == 1 and _FLOAT_TAG in d and d[_FLOAT_TAG] in ("inf", "-inf", "nan"):
+        return float(d[_FLOAT_TAG])
+    return d
+
+
+def dumps_strict(obj, **kw) -> str:
+    """JSON that ``JSON.parse`` and jq accept: inf / nan written as {"$float": "inf"}."""
+    return json.dumps(_tag_floats(obj), allow_nan=False, default=_json_default, **kw)
+
+
+def loads_strict(text):
+    """Inverse of :func:`dumps_strict` (also reads older sidecars with bare Infinity / NaN)."""
+    return json.loads(text, object_hook=_untag_float)
+
+
 _HASH_KEY = "npz_sha256"
 
 
@@ -105,7 +142,7 @@ def write_arrays_and_sidecar(path, arrays: dict, meta: dict) -> Path:
         with open(tmps[0], "wb") as fh:
             np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
         record = {**meta, "versions": versions(), _HASH_KEY: _sha256(tmps[0])}
-        text = json.dumps(record, indent=2, default=_json_default)
+        text = dumps_strict(record, indent=2)
         tmps.append(_temp_path(meta_path))
         Path(tmps[1]).write_text(text)
         os.replace(tmps[1], meta_path)
@@ -195,7 +232,7 @@ def _read_sidecar(meta_path: Path) -> dict:
     try:
         if meta_path.stat().st_size > _MAX_SIDECAR_BYTES:
             raise ValueError(f"result sidecar {name!r} is larger than {_MAX_SIDECAR_BYTES} bytes")
-        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+        meta = loads_strict(meta_path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ValueError(f"result sidecar {name!r} is not a readable JSON file ({err})") from None
     if not isinstance(meta, dict):
