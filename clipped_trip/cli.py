@@ -27,6 +27,9 @@ from . import _validate as V
 
 SPECTRA = ("isotropic", "power-law", "two-level")
 CLIP_MODES = ("per-example", "mean")
+ALGORITHMS = ("clipped", "dpsgd", "quantile", "autoclip", "value", "sign")
+ACCOUNTANTS = ("analytic", "pld", "rdp")
+ADJACENCIES = ("add-remove", "substitute")
 MAX_D = 10**8
 MAX_RUNS = 10**7
 MAX_RECORDS = 10**6
@@ -228,6 +231,71 @@ def _clip_positive(key, value, text):
 
 _clip_positive.type = "number > 0"
 
+
+def _interval(lo, hi, hi_closed=False):
+    """A number in (lo, hi) (or (lo, hi])."""
+    shown = f"in ({lo:g}, {hi:g}{']' if hi_closed else ')'}"
+
+    def check(key, value, text):
+        x = _number(key, value, text)
+        if not (lo < x and (x <= hi if hi_closed else x < hi)):
+            raise UserError(f"{key} must be a number {shown}, got {x:g}")
+        return x
+
+    check.type = f"number {shown}"
+    return check
+
+
+def _choice(options):
+    def check(key, value, text):
+        if not isinstance(value, str) or value.strip() not in options:
+            raise UserError(f"{key} must be one of {', '.join(options)}, got {_show(value)}")
+        return value.strip()
+
+    check.type = " | ".join(options)
+    return check
+
+
+def _epsilon_item(key, value, text):
+    """epsilon > 0, or inf / 'none' (no DP) in a privacy-utility list."""
+    if isinstance(value, str) and value.strip().lower() in ("inf", "none"):
+        return math.inf
+    if _is_number(value) and math.isinf(value) and value > 0:
+        return math.inf
+    x = _number(key, value, text)
+    if x <= 0:
+        raise UserError(f"{key} must be a number > 0 or 'inf' (no DP), got {x:g}")
+    return x
+
+
+_epsilon_item.type = "number > 0 or 'inf'"
+
+_MEAN_RE = re.compile(r"(?:e([0-9]+)|(uniform)):(.*)", re.IGNORECASE)
+DATA_MEAN_FORMS = "eK:NORM (e.g. e1:0.5), uniform:NORM, none, or a path to a .npy file"
+
+
+def _data_mean(key, value, text):
+    """A data-mean spec: ``eK:NORM``, ``uniform:NORM``, ``none`` or a .npy path (made absolute,
+    so that a sidecar re-runs from any folder). The array itself is built with the problem."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{key} must be {DATA_MEAN_FORMS}, got {_show(value)}")
+    spec = value.strip()
+    if spec.lower() == "none":
+        return None
+    m = _MEAN_RE.fullmatch(spec)
+    if m:
+        if m.group(1) is not None and int(m.group(1)) < 1:
+            raise UserError(f"{key}: coordinates count from 1 (e1 is the first), got {spec!r}")
+        _number(f"{key} {spec!r}: NORM", m.group(3), True)
+        norm = m.group(3).strip()
+        return f"e{int(m.group(1))}:{norm}" if m.group(1) else f"uniform:{norm}"
+    if not spec.lower().endswith(".npy"):
+        raise UserError(f"{key} must be {DATA_MEAN_FORMS}, got {spec!r}")
+    return os.path.abspath(os.path.expanduser(spec))
+
+
+_data_mean.type = "string: eK:NORM | uniform:NORM | none | FILE.npy"
+
 _V_NOISE = _string
 _V_D = _integer(1, MAX_D)
 _V_POS = _real(0.0, lo_open=True)
@@ -249,13 +317,33 @@ _COMMON = {
 }
 _MC = {"runs": _V_RUNS, "seed": _V_SEED}
 _OUT = {"n_records": _V_RECORDS, "out": _string, "plot": _boolean}
+_V_DELTA = _interval(0.0, 1.0)
+# the algorithm (--algorithm) and its options; every one defaults to None (not given) except
+# the algorithm itself, and an option that does not apply to the chosen algorithm is refused
+_ALGO = {
+    "algorithm": _choice(ALGORITHMS),
+    "noise_multiplier": _V_NONNEG,
+    "epsilon": _V_POS,
+    "delta": _V_DELTA,
+    "accountant": _choice(ACCOUNTANTS),
+    "adjacency": _choice(ADJACENCIES),
+    "perturbation": _V_NONNEG,
+    "data_mean": _data_mean,
+    "quantile": _interval(0.0, 1.0),
+    "clip_lr": _V_POS,
+    "percentile": _interval(0.0, 100.0),
+    "clip_value": _V_POS,
+}
+#: keys a sidecar may lack (written only when set; sidecars from before --algorithm lack all)
+OPTIONAL_KEYS = set(_ALGO)
 
 SCHEMAS = {
-    "simulate": {**_COMMON, **_MC, **_OUT},
-    "ode": {**_COMMON, **_OUT},
-    "sde": {**_COMMON, **_MC, "dt": _V_POS, **_OUT},
+    "simulate": {**_COMMON, **_ALGO, **_MC, **_OUT},
+    "ode": {**_COMMON, **_ALGO, **_OUT},
+    "sde": {**_COMMON, **_ALGO, **_MC, "dt": _V_POS, **_OUT},
     "sweep": {
         **_COMMON,
+        **_ALGO,
         "noises": _list_of(_string, sep=";", type_name="list of noise specs"),
         "lrs": _list_of(_V_POS),
         "clips": _list_of(_clip),
@@ -276,9 +364,36 @@ SCHEMAS = {
         "out": _string,
         "plot": _boolean,
     },
+    "privacy": {
+        "noise_multiplier": _V_POS,
+        "epsilon": _V_POS,
+        "epsilons": _list_of(_epsilon_item),
+        "delta": _V_DELTA,
+        "steps": _integer(1, 10**15),
+        "sampling_rate": _interval(0.0, 1.0, hi_closed=True),
+        "accountant": _choice(ACCOUNTANTS),
+        "adjacency": _choice(ADJACENCIES),
+        "noise": _V_NOISE,
+        "spectrum": _string,
+        "d": _V_D,
+        "batch": _V_BATCH,
+        "T": _V_POS,
+        "clips": _list_of(_clip_positive),
+        "lrs": _list_of(_V_POS),
+        "out": _string,
+        "plot": _boolean,
+    },
 }
-# singular / plural pairs of sweep: give one of them
-PAIRS = {"sweep": (("lr", "lrs"), ("clip", "clips"), ("noise", "noises"))}
+# options of which at most one may be given (singular / plural pairs of sweep, the ways to set
+# DP-SGD's noise); the command line replaces the config file's choice among them
+_DP_NOISE = ("noise_multiplier", "epsilon")
+PAIRS = {
+    "simulate": (_DP_NOISE,),
+    "ode": (_DP_NOISE,),
+    "sde": (_DP_NOISE,),
+    "sweep": (("lr", "lrs"), ("clip", "clips"), ("noise", "noises"), _DP_NOISE),
+    "privacy": (("noise_multiplier", "epsilon", "epsilons"),),
+}
 
 DEFAULTS = {
     "noise": "gaussian:std=0.5",
@@ -295,6 +410,8 @@ DEFAULTS = {
     "n_records": 101,
     "batch": 1,
     "clip_mode": "per-example",
+    "algorithm": "clipped",
+    **{k: None for k in _ALGO if k != "algorithm"},
 }
 COMMAND_DEFAULTS = {
     "factors": {
@@ -305,6 +422,8 @@ COMMAND_DEFAULTS = {
         "plot": False,
     },
     "criteria": {"noise": DEFAULTS["noise"], "risk": 1.0, "clip": None, "out": None, "plot": False},
+    # privacy: the problem options (noise ... T) are filled in by the --epsilons table only
+    "privacy": {**{k: None for k in SCHEMAS["privacy"]}, "plot": False},
 }
 CONFIG_KEYS = set().union(*SCHEMAS.values())
 
@@ -342,10 +461,18 @@ def validate_config(data, command, where, *, text=False) -> dict:
             out[key] = schema[key](key, value, text)
         except UserError as err:
             raise UserError(f"{where}: {err}") from None
-    for pair in PAIRS.get(command, ()):
-        if all(k in out for k in pair):
-            raise UserError(f"{where}: give {pair[0]} or {pair[1]}, not both")
+    for group in PAIRS.get(command, ()):
+        if sum(k in out for k in group) > 1:
+            raise UserError(f"{where}: give {' or '.join(group)}, not {_together(group)}")
     return out
+
+
+def _together(group):
+    return "both" if len(group) == 2 else "several"
+
+
+def _opt(key) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def load_config(path, command=None) -> dict:
@@ -382,13 +509,14 @@ def settings(args, command) -> dict:
     for key in SCHEMAS[command]:
         val = getattr(args, key, None)
         if val is not None:
-            given[key] = SCHEMAS[command][key](f"--{key.replace('_', '-')}", val, True)
-    for a, b in PAIRS.get(command, ()):
-        if a in given and b in given:
-            raise UserError(f"--{a} and --{b} given together; give one of them")
-        if a in given or b in given:  # the command line replaces the file's setting
-            from_file.pop(a, None)
-            from_file.pop(b, None)
+            given[key] = SCHEMAS[command][key](_opt(key), val, True)
+    for group in PAIRS.get(command, ()):
+        named = [k for k in group if k in given]
+        if len(named) > 1:
+            raise UserError(f"{' and '.join(map(_opt, named))} given together; give one of them")
+        if named:  # the command line replaces the file's setting
+            for k in group:
+                from_file.pop(k, None)
     cfg.update(from_file)
     cfg.update(given)
     return cfg
@@ -432,14 +560,72 @@ def parse_spectrum(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def make_problem(spectrum: str, d: int, noise):
+def make_problem(spectrum: str, d: int, noise, data_mean=None):
+    """The Problem of a spectrum spec, dimension and noise law; ``data_mean`` a spec of
+    :func:`data_mean_vector` (None: centred data)."""
     from . import Problem
 
     import numpy as np
 
     name, kw = parse_spectrum(spectrum)
     with np.errstate(over="ignore"):
-        return _checked_problem(Problem, name, kw, spectrum, d, noise)
+        problem = _checked_problem(Problem, name, kw, spectrum, d, noise)
+    if data_mean is not None:
+        problem = problem.replace(data_mean=data_mean_vector(data_mean, d))
+    return problem
+
+
+def data_mean_vector(spec, d):
+    """The data mean m (eigenbasis of K, length d) of a ``--data-mean`` spec: ``eK:NORM`` is
+    NORM times the K-th coordinate vector, ``uniform:NORM`` NORM ones / sqrt(d), else a .npy file
+    holding d finite numbers; ``none``: None."""
+    import numpy as np
+
+    spec = _data_mean("--data-mean", spec, True)
+    if spec is None:  # "none": centred data
+        return None
+    m = _MEAN_RE.fullmatch(spec)
+    if m:
+        norm = _number(f"--data-mean {spec!r}: NORM", m.group(3), True)
+        if m.group(2):
+            return np.full(d, norm / math.sqrt(d))
+        k = int(m.group(1))
+        if k > d:
+            raise UserError(f"--data-mean {spec!r}: coordinate {k} is beyond d = {d}")
+        out = np.zeros(d)
+        out[k - 1] = norm
+        return out
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(
+            f"--data-mean: file {spec!r} "
+            + ("is not a file" if path.exists() else "does not exist")
+        )
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"--data-mean: cannot read {spec!r} as .npy ({_one_line(err)})") from None
+    if arr.dtype.kind not in "iuf" or arr.ndim != 1:
+        raise UserError(
+            f"--data-mean {spec!r}: needs a 1-D array of real numbers, got shape "
+            f"{arr.shape} of {arr.dtype}"
+        )
+    if arr.size != d:
+        raise UserError(f"--data-mean {spec!r}: holds {arr.size} numbers, d = {d}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise UserError(f"--data-mean {spec!r}: holds NaN or inf")
+    return arr
+
+
+def _file_sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _is_mean_file(spec) -> bool:
+    return spec is not None and _MEAN_RE.fullmatch(spec) is None
 
 
 def _checked_problem(Problem, name, kw, spectrum, d, noise):
@@ -475,16 +661,165 @@ def parse_noise_checked(spec):
 
 def _problem_from(cfg, noise_spec=None):
     noise = parse_noise_checked(noise_spec or cfg["noise"])
-    return make_problem(cfg["spectrum"], cfg["d"], noise), noise
+    return make_problem(cfg["spectrum"], cfg["d"], noise, cfg.get("data_mean")), noise
+
+
+# ---------------------------------------------------------------------------------------------
+# algorithms: which options each takes (anything else given is refused, never ignored)
+# ---------------------------------------------------------------------------------------------
+#: the algorithm options (beyond lr, clip, batch, clip_mode) each algorithm takes
+ALGORITHM_OPTIONS = {
+    "clipped": ("perturbation", "data_mean"),
+    "dpsgd": ("noise_multiplier", "epsilon", "delta", "accountant", "adjacency", "data_mean"),
+    "quantile": ("quantile", "clip_lr"),
+    "autoclip": ("percentile",),
+    "value": ("clip_value",),
+    "sign": (),
+}
+_TAKES_CLIP = ("clipped", "dpsgd", "quantile")  # --clip: c (clipped, dpsgd) or c0 (quantile)
+_BATCHED = ("clipped", "dpsgd")  # the others run one example per step
+_HAS_SDE = ("clipped", "dpsgd")  # simulate_sde: the others have no homogenized SDE
+
+
+def check_algorithm(cfg, command):
+    """Refuse options the chosen algorithm does not take and missing required ones (one line,
+    before any work)."""
+    name = cfg.get("algorithm") or "clipped"
+    where = f"--algorithm {name}"
+    sweep = command == "sweep"
+    for key in _ALGO:
+        if key != "algorithm" and cfg.get(key) is not None and key not in ALGORITHM_OPTIONS[name]:
+            takers = [a for a, keys in ALGORITHM_OPTIONS.items() if key in keys]
+            raise UserError(
+                f"{_opt(key)} does not apply to {where} (it is an option of {', '.join(takers)})"
+            )
+    clips = [cfg.get("clip")] + list(cfg.get("clips") or []) if sweep else [cfg.get("clip")]
+    if name not in _TAKES_CLIP:
+        own = {
+            "value": "; give --clip-value (tau, gradient units)",
+            "autoclip": " (it sets its own threshold)",
+            "sign": " (signSGD has no threshold)",
+        }[name]
+        if cfg.get("clip") is not None:
+            raise UserError(f"--clip does not apply to {where}{own}")
+        if sweep and cfg.get("clips") is not None and name != "value":
+            raise UserError(f"--clips does not apply to {where}: there is no clip axis{own}")
+    if name not in _BATCHED and cfg.get("batch", 1) != 1:
+        raise UserError(f"--batch {cfg['batch']}: {where} takes one example per step (batch 1)")
+    if name != "clipped" and cfg.get("clip_mode", "per-example") != "per-example":
+        raise UserError(
+            f"--clip-mode {cfg['clip_mode']} does not apply to {where}"
+            + (" (DP-SGD clips each example)" if name == "dpsgd" else "")
+        )
+    if command == "sde" and name not in _HAS_SDE:
+        raise UserError(f"{where} has no homogenized SDE; use simulate or ode")
+    if cfg.get("perturbation") and cfg.get("batch", 1) > 1 and cfg.get("clip_mode") == "mean":
+        raise UserError(
+            "--perturbation needs --clip-mode per-example at --batch > 1 (each example's "
+            "gradient is perturbed before its own clipping)"
+        )
+    if command == "ode" and cfg.get("data_mean") is not None and cfg.get("batch", 1) > 1:
+        if cfg.get("clip_mode") == "mean":
+            raise UserError(
+                "ode: --data-mean with --clip-mode mean at --batch > 1 has no derived "
+                "equivalent; use --clip-mode per-example (simulate runs it)"
+            )
+    if command == "sde" and (cfg.get("data_mean") is not None or cfg.get("perturbation")):
+        raise UserError(
+            "--data-mean and --perturbation have no homogenized SDE; use simulate or ode"
+        )
+    has_clip = any(c is not None for c in clips)
+    if name == "dpsgd":
+        if not has_clip:
+            raise UserError(
+                f"{where} needs --clip{'/--clips' if sweep else ''} (a finite threshold: "
+                "without clipping the sensitivity is infinite)"
+            )
+        if sweep and any(c is None for c in (cfg.get("clips") or [])):
+            raise UserError(f"--clips: {where} needs finite thresholds, got 'none'")
+        if cfg.get("noise_multiplier") is None and cfg.get("epsilon") is None:
+            raise UserError(f"{where} needs --noise-multiplier S or --epsilon E (with --delta)")
+        if cfg.get("epsilon") is not None and cfg.get("delta") is None:
+            raise UserError("--epsilon needs --delta (the privacy guarantee is (epsilon, delta))")
+        if cfg.get("delta") is None:
+            for key in ("accountant", "adjacency"):
+                if cfg.get(key) is not None:
+                    raise UserError(f"{_opt(key)} needs --delta (it accounts privacy at delta)")
+        if cfg.get("noise_multiplier") == 0 and cfg.get("delta") is not None:
+            raise UserError("--delta: a noise multiplier of 0 gives no privacy guarantee to report")
+    elif name == "quantile":
+        if not has_clip:
+            raise UserError(
+                f"{where} needs --clip C0{'/--clips' if sweep else ''} (the initial threshold, "
+                "residual units)"
+            )
+        if sweep and any(c is None for c in (cfg.get("clips") or [])):
+            raise UserError(f"--clips: {where} needs finite initial thresholds, got 'none'")
+        for key, what in (("quantile", "Q in (0, 1)"), ("clip_lr", "X > 0")):
+            if cfg.get(key) is None:
+                raise UserError(f"{where} needs {_opt(key)} {what}")
+    elif name == "autoclip" and cfg.get("percentile") is None:
+        raise UserError(f"{where} needs --percentile P")
+    elif name == "value" and cfg.get("clip_value") is None and not (sweep and cfg.get("clips")):
+        raise UserError(f"{where} needs --clip-value V" + (" or --clips" if sweep else ""))
+    elif name == "value" and sweep and cfg.get("clip_value") is not None and cfg.get("clips"):
+        raise UserError("--clip-value and --clips given together; give one of them")
+    return name
+
+
+def _privacy_api(fn, *args, **kwargs):
+    """A privacy function; the dp extra's ImportError (one line) becomes a user error."""
+    try:
+        return fn(*args, **kwargs)
+    except ImportError as err:
+        raise UserError(_one_line(err)) from None
 
 
 def _algorithm_from(cfg, lr=None, clip="from-cfg"):
-    """ClippedSGD from the settings (lr, clip, batch, clip_mode)."""
-    from . import ClippedSGD
+    """The algorithm of the settings (``algorithm`` and its options, lr, clip, batch,
+    clip_mode); ``lr`` / ``clip`` override the settings' (sweeps)."""
+    from . import DPSGD, AutoClipSGD, ClippedSGD, QuantileClipSGD, SignSGD, ValueClipSGD
+    from ._privacy import privacy_report
 
+    name = cfg.get("algorithm") or "clipped"
     lr = V.positive("lr", cfg["lr"] if lr is None else lr)
     clip = cfg["clip"] if clip == "from-cfg" else clip
-    return ClippedSGD(lr, clip, batch=cfg["batch"], clip_mode=cfg["clip_mode"])
+    if name == "clipped":
+        return ClippedSGD(
+            lr,
+            clip,
+            batch=cfg["batch"],
+            clip_mode=cfg["clip_mode"],
+            perturbation=cfg.get("perturbation") or 0.0,
+        )
+    if name == "dpsgd":
+        accountant = cfg.get("accountant") or "analytic"
+        adjacency = cfg.get("adjacency") or "add-remove"
+        if cfg.get("epsilon") is not None:
+            return _privacy_api(
+                DPSGD.for_epsilon,
+                lr,
+                clip,
+                batch=cfg["batch"],
+                epsilon=cfg["epsilon"],
+                delta=cfg["delta"],
+                accountant=accountant,
+                adjacency=adjacency,
+            )
+        sigma = cfg["noise_multiplier"]
+        report = None
+        if cfg.get("delta") is not None:
+            report = _privacy_api(
+                privacy_report, sigma, cfg["delta"], accountant=accountant, adjacency=adjacency
+            )
+        return DPSGD(lr, clip, batch=cfg["batch"], noise_multiplier=sigma, privacy=report)
+    if name == "quantile":
+        return QuantileClipSGD(lr, clip, quantile=cfg["quantile"], clip_lr=cfg["clip_lr"])
+    if name == "autoclip":
+        return AutoClipSGD(lr, percentile=cfg["percentile"])
+    if name == "value":
+        return ValueClipSGD(lr, cfg["clip_value"] if clip is None else clip)
+    return SignSGD(lr)
 
 
 def _check_size(cfg, cells=1):
@@ -635,9 +970,61 @@ def cmd_simulate(args, kind):
     return run_simulate(settings(args, kind), kind)
 
 
+def _algorithm_meta(cfg, alg) -> dict:
+    """Sidecar entries beyond the config: the privacy report (dpsgd) and the data-mean file's
+    SHA-256 (rerun refuses a file that changed)."""
+    meta = {}
+    if getattr(alg, "privacy", None) is not None:
+        meta["privacy"] = alg.privacy
+    spec = cfg.get("data_mean")
+    if _is_mean_file(spec):
+        meta["data_mean_file"] = {"path": spec, "sha256": _file_sha256(spec)}
+    return meta
+
+
+def _algorithm_lines(cfg, alg, res, kind) -> list[str]:
+    """What the summary line does not say: DP-SGD's noise and privacy, the threshold of adaptive
+    rules, the population risk with a data mean."""
+    import numpy as np
+
+    lines = []
+    name = cfg.get("algorithm") or "clipped"
+    if name == "dpsgd":
+        sigma = alg.noise_multiplier
+        if alg.privacy is not None:
+            pr = alg.privacy
+            lines.append(
+                f"privacy: (epsilon, delta) = ({pr['epsilon']:.6g}, {pr['delta']:g}), noise "
+                f"multiplier {sigma:.6g}, {pr['accountant']} accountant, {pr['adjacency']}, "
+                "one-pass stream: a single Gaussian mechanism"
+            )
+        else:
+            lines.append(f"noise multiplier {sigma:.6g} (no --delta: no privacy accounting)")
+    final = None
+    if kind == "ode" and name in ("quantile", "autoclip"):
+        final = float(res.clip_path[-1])
+        lines.append(f"predicted final clip threshold c = {final:.6g} (residual units)")
+    elif kind != "ode" and "clip" in res.stats:
+        clip = np.asarray(res.stats["clip"])[:, -1]
+        lines.append(
+            f"mean final clip threshold c = {float(np.nanmean(clip)):.6g} (residual units)"
+        )
+    if "population_risk" in res.stats:
+        pop = np.asarray(res.stats["population_risk"])
+        if kind == "ode":
+            value, what = float(pop[-1]), "final population risk"
+        else:
+            keep = ~np.asarray(res.diverged)
+            value = float(np.mean(pop[keep, -1])) if keep.any() else math.nan
+            what = "mean final population risk" + ("" if keep.all() else " of the finite runs")
+        lines.append(f"{what} {value:.6g} (R + <m, e>^2 / 2)")
+    return lines
+
+
 def run_simulate(cfg, kind):
     from . import simulate, simulate_sde, solve_ode
 
+    check_algorithm(cfg, kind)
     problem, _ = _problem_from(cfg)
     alg = _algorithm_from(cfg)
     if kind != "ode":
@@ -652,7 +1039,12 @@ def run_simulate(cfg, kind):
         else:
             res = simulate_sde(problem, alg, dt=cfg["dt"], **mc)
     written = _write_outputs(
-        res, cfg, kind, kind, lambda: _plot_paths(res, f"{kind}: {problem!r}"[:90])
+        res,
+        cfg,
+        kind,
+        kind,
+        lambda: _plot_paths(res, f"{kind}: {problem!r}"[:90]),
+        _algorithm_meta(cfg, alg),
     )
     final = res.risk[..., -1]
     if kind == "ode":
@@ -675,6 +1067,8 @@ def run_simulate(cfg, kind):
                 f"{float(res.mean(exclude_diverged=True)[-1]):.6g}"
                 f" at T = {res.t[-1]:g}; {res.divergence_report()}"
             )
+    for line in _algorithm_lines(cfg, alg, res, kind):
+        print(line)
     for w in written:
         print(f"wrote {w}")
     return 0
@@ -810,8 +1204,9 @@ def _slug(spec: str, used: set) -> str:
     return tag
 
 
-def _sweep_plot(grids, lrs, clips):
-    """Heat map of log10 mean final risk over (lr, clip), one panel per noise law."""
+def _sweep_plot(grids, lrs, clips, xlabel="clip c (residual units)", no_axis=False):
+    """Heat map of log10 mean final risk over (lr, clip), one panel per noise law (``no_axis``:
+    an algorithm without a clip axis)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -822,9 +1217,10 @@ def _sweep_plot(grids, lrs, clips):
         with np.errstate(all="ignore"):
             z = np.ma.masked_invalid(np.log10(grid))
         im = ax.imshow(z, origin="lower", aspect="auto", cmap=cmap)
-        ax.set_xticks(range(len(clips)), ["none" if c is None else f"{c:g}" for c in clips])
+        ticks = ["-" if no_axis else "none" if c is None else f"{c:g}" for c in clips]
+        ax.set_xticks(range(len(clips)), ticks)
         ax.set_yticks(range(len(lrs)), [f"{x:g}" for x in lrs])
-        ax.set_xlabel("clip c (residual units)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("lr")
         ax.set_title(spec[:40], fontsize=9)
         fig.colorbar(im, ax=ax, label="log10 mean final risk (grey: diverged)")
@@ -840,17 +1236,31 @@ def cmd_sweep(args):
     from ._io import atomic_write, save_result
 
     cfg = settings(args, "sweep")
+    name = check_algorithm(cfg, "sweep")
     noises = cfg["noises"] or [cfg["noise"] or DEFAULTS["noise"]]
     lrs = cfg["lrs"] or [cfg["lr"] or DEFAULTS["lr"]]
-    clips = cfg["clips"] or [cfg["clip"]]
+    # the clip axis: c (clipped, dpsgd), c0 (quantile), tau (value); none for autoclip, sign
+    if name == "value":
+        clips = cfg["clips"] or [cfg["clip_value"]]
+    else:
+        clips = cfg["clips"] or [cfg["clip"]]
     # validate everything before any work
     problems = [_problem_from(cfg, spec)[0] for spec in noises]
-    base = _algorithm_from(cfg, lr=lrs[0], clip=None)
+    first = clips[0]
+    base = _algorithm_from(
+        cfg,
+        lr=lrs[0],
+        clip=(math.inf if first is None else first)
+        if name in ("dpsgd", "quantile", "value")
+        else None,
+    )
     _check_size(cfg, len(lrs) * len(clips))
     out = _prepare_out(cfg["out"])
     rows, grids, used = [], [], set()
     record = {k: v for k, v in cfg.items() if k not in ("lr", "clip", "noise", "noises")}
     record.update(lrs=lrs, clips=clips)
+    extra = _algorithm_meta(cfg, base)
+    no_axis = name in ("autoclip", "sign")
     for spec, problem in tqdm(list(zip(noises, problems)), desc="sweep", disable=args.quiet):
         res = sweep(
             problem,
@@ -862,26 +1272,30 @@ def cmd_sweep(args):
             seed=cfg["seed"],
             n_records=cfg["n_records"],
         )
-        meta = {"command": "sweep", "config": {**record, "noise": spec}, "noise": spec}
+        meta = {"command": "sweep", "config": {**record, "noise": spec}, "noise": spec, **extra}
         save_result(res, out / f"sweep_{_slug(spec, used)}.npz", extra=meta)
         grid = np.empty((len(lrs), len(clips)))
         for i, lr in enumerate(lrs):
             for j, c in enumerate(clips):
                 cell = res.risk[i, j]
                 grid[i, j] = float(np.mean(cell[:, -1]))
-                rows.append(
-                    {
-                        "noise": spec,
-                        "lr": lr,
-                        "clip": "inf" if c is None else c,
-                        "final_mean_risk": grid[i, j],
-                        "final_median_risk": float(np.median(cell[:, -1])),
-                        "runs_diverged": int(res.diverged[i, j].sum()),
-                        "runs": cfg["runs"],
-                        "batch": cfg["batch"],
-                        "clip_mode": cfg["clip_mode"],
-                    }
-                )
+                row = {
+                    "noise": spec,
+                    "lr": lr,
+                    "clip": "n/a" if no_axis else "inf" if c is None else c,
+                    "final_mean_risk": grid[i, j],
+                    "final_median_risk": float(np.median(cell[:, -1])),
+                    "runs_diverged": int(res.diverged[i, j].sum()),
+                    "runs": cfg["runs"],
+                    "batch": cfg["batch"],
+                    "clip_mode": cfg["clip_mode"],
+                    "algorithm": name,
+                }
+                for stat in ("clip", "population_risk"):  # adaptive c; data mean
+                    if stat in res.stats:
+                        values = np.asarray(res.stats[stat][i, j])[:, -1]
+                        row[f"final_mean_{stat}"] = float(np.nanmean(values))
+                rows.append(row)
         grids.append((spec, grid))
         # the table so far, rewritten atomically after each noise law: an interrupted sweep
         # keeps every finished law in sweep.csv (and its npz + sidecar)
@@ -893,7 +1307,13 @@ def cmd_sweep(args):
         import matplotlib
 
         matplotlib.use("Agg")
-        fig = _sweep_plot(grids, lrs, clips)
+        xlabel = {
+            "quantile": "initial clip c0 (residual units)",
+            "value": "clip value tau (gradient units)",
+            "autoclip": "no clip axis (AutoClip sets its threshold)",
+            "sign": "no clip axis (signSGD)",
+        }.get(name, "clip c (residual units)")
+        fig = _sweep_plot(grids, lrs, clips, xlabel, no_axis)
         png = atomic_write(out / "sweep.png", lambda tmp: fig.savefig(tmp, format="png"))
         print(f"wrote {png}")
     return 0
@@ -934,6 +1354,197 @@ def cmd_reproduce(args):
         )
         print(f"{n}: wrote {path} ({secs:.1f} s)")
     return 0
+
+
+# the three uses of the privacy command, by the option that picks them, and what each takes
+_PRIVACY_USES = {
+    "noise_multiplier": ("delta", "steps", "sampling_rate", "accountant", "adjacency"),
+    "epsilon": ("delta", "steps", "sampling_rate", "accountant", "adjacency"),
+    "epsilons": (
+        "delta",
+        "accountant",
+        "adjacency",
+        "noise",
+        "spectrum",
+        "d",
+        "batch",
+        "T",
+        "clips",
+        "lrs",
+        "out",
+        "plot",
+    ),
+}
+
+
+def cmd_privacy(args):
+    cfg = settings(args, "privacy")
+    use = next((k for k in _PRIVACY_USES if cfg.get(k) is not None), None)
+    if use is None:
+        raise UserError(
+            "give --noise-multiplier S (prints epsilon), --epsilon E (prints the noise "
+            "multiplier) or --epsilons E,... (the privacy-utility table)"
+        )
+    for key, value in cfg.items():
+        if key != use and value not in (None, False) and key not in _PRIVACY_USES[use]:
+            raise UserError(f"{_opt(key)} does not apply to privacy {_opt(use)}")
+    for flag in ("json", "quiet"):
+        if getattr(args, flag, False) and (flag == "json") == (use == "epsilons"):
+            raise UserError(f"--{flag} does not apply to privacy {_opt(use)}")
+    if cfg["delta"] is None:
+        raise UserError(f"privacy {_opt(use)} needs --delta D (in (0, 1))")
+    if use == "epsilons":
+        return _privacy_table(cfg, args)
+    import json
+
+    from ._privacy import noise_multiplier_for, privacy_report
+
+    q, steps = cfg["sampling_rate"], cfg["steps"]
+    if steps is not None and q is None:
+        raise UserError(
+            "--steps needs --sampling-rate: the one-pass stream (no --sampling-rate) is a single "
+            "Gaussian mechanism whatever the number of steps"
+        )
+    kw = dict(
+        steps=steps or 1,
+        sampling_rate=q,
+        accountant=cfg["accountant"] or ("analytic" if q is None else "pld"),
+        adjacency=cfg["adjacency"] or "add-remove",
+    )
+    delta = cfg["delta"]
+    if use == "noise_multiplier":
+        sigma = cfg["noise_multiplier"]
+        report = _privacy_api(privacy_report, sigma, delta, **kw)
+        head = f"epsilon = {report['epsilon']!r} at delta = {delta:g}"
+    else:
+        sigma = _privacy_api(noise_multiplier_for, cfg["epsilon"], delta, **kw)
+        report = None
+        if args.json:
+            report = {
+                "epsilon_target": cfg["epsilon"],
+                **_privacy_api(privacy_report, sigma, delta, **kw),
+            }
+        head = (
+            f"noise multiplier = {sigma!r} for (epsilon, delta) = ({cfg['epsilon']:g}, {delta:g})"
+        )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    how = (
+        "one-pass stream: a single Gaussian mechanism"
+        if q is None
+        else f"Poisson sampling at rate {q:g} composed over {kw['steps']} steps"
+    )
+    adjacency = "substitute one example" if kw["adjacency"] == "substitute" else "add/remove"
+    detail = f"noise multiplier {sigma:g}; " if use == "noise_multiplier" else ""
+    print(f"{head} ({detail}{how}; {kw['accountant']} accountant; {adjacency} adjacency)")
+    return 0
+
+
+def _privacy_table(cfg, args):
+    """privacy --epsilons: the ODE-optimal (clip, lr) of one-pass DP-SGD per epsilon."""
+    import json
+
+    try:
+        from ._privacy_utility import privacy_utility
+    except ImportError as err:
+        raise UserError(
+            f"privacy --epsilons needs clipped_trip._privacy_utility ({_one_line(err)})"
+        ) from None
+    from ._io import _json_default, atomic_write, versions
+
+    for key in ("noise", "spectrum", "d", "T", "batch"):
+        if cfg[key] is None:
+            cfg[key] = DEFAULTS[key]
+    problem, _ = _problem_from(cfg)
+    out = _table_out(cfg)
+    res = _privacy_api(
+        privacy_utility,
+        problem,
+        cfg["epsilons"],
+        cfg["delta"],
+        batch=cfg["batch"],
+        T=cfg["T"],
+        clips=cfg["clips"],
+        lrs=cfg["lrs"],
+        accountant=cfg["accountant"] or "analytic",
+        adjacency=cfg["adjacency"] or "add-remove",
+        progress=not args.quiet,
+    )
+    rows = res.rows()
+    text = _csv_text(rows)
+    print(text.rstrip())
+    if out is None:
+        return 0
+    path = atomic_write(out / "privacy_utility.csv", lambda tmp: Path(tmp).write_text(text))
+    meta = {
+        "command": "privacy",
+        "config": _jsonable(cfg, "privacy"),
+        "params": res.params,
+        "rows": rows,
+        "versions": versions(),
+    }
+    side = json.dumps(meta, indent=2, default=_json_default)
+    written = [
+        path,
+        atomic_write(out / "privacy_utility.json", lambda tmp: Path(tmp).write_text(side)),
+    ]
+    if cfg["plot"]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        fig = _privacy_plot(rows, problem, cfg)
+        written.append(
+            atomic_write(out / "privacy_utility.png", lambda tmp: fig.savefig(tmp, format="png"))
+        )
+    for w in written:
+        print(f"wrote {w}")
+    return 0
+
+
+def _privacy_plot(rows, problem, cfg):
+    """Final risk and optimal clip against epsilon (log axes; epsilon = inf, no DP, dashed)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import NullFormatter
+
+    eps = np.array([float(r["epsilon"]) for r in rows])
+    risk = np.array([float(r["risk"]) for r in rows])
+    clip = np.array([float(r["clip"]) for r in rows])
+    edge = np.array([bool(r.get("at_small_clip_edge", False)) for r in rows])
+    fin = np.isfinite(eps)
+    order = np.argsort(eps[fin])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, y, label in ((axes[0], risk, "final risk R(T)"), (axes[1], clip, "optimal clip c")):
+        ax.plot(eps[fin][order], y[fin][order], "o-", label=label)
+        if edge[fin].any():
+            ax.plot(
+                eps[fin & edge],
+                y[fin & edge],
+                "o",
+                mfc="none",
+                ms=11,
+                color="C3",
+                label="optimum at the smallest clip (R(T) flat below it)",
+            )
+        if not fin.all():
+            ax.axhline(y[~fin][0], color="k", ls="--", lw=0.8, label="no DP (epsilon = inf)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if fin.any():  # ticks at the epsilons asked for
+            ax.set_xticks(eps[fin][order], [f"{e:g}" for e in eps[fin][order]])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("epsilon")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("excess risk at T")
+    axes[1].set_ylabel("c (residual units)")
+    fig.suptitle(
+        f"one-pass DP-SGD, delta = {cfg['delta']:g}, B = {cfg['batch']}, T = {cfg['T']:g}; "
+        f"{problem!r}"[:110],
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return fig
 
 
 _KIND_TO_COMMAND = {"sgd": "simulate", "ode": "ode", "sde": "sde"}
@@ -985,9 +1596,18 @@ def read_sidecar(path) -> tuple[str, dict]:
         cfg.setdefault("batch", 1)
         cfg.setdefault("clip_mode", "per-example")
     cfg = validate_config(cfg, command, f"{shown}: config")
-    missing = [k for k in schema if k not in cfg and k != "out"]
+    missing = [k for k in schema if k not in cfg and k != "out" and k not in OPTIONAL_KEYS]
     if missing:
         raise UserError(f"{shown}: config lacks {', '.join(missing)} (needed by {command})")
+    for key in OPTIONAL_KEYS - set(cfg):  # not set when the sidecar was written
+        cfg[key] = DEFAULTS[key]
+    mean_file = meta.get("data_mean_file")
+    if isinstance(mean_file, dict) and _is_mean_file(cfg.get("data_mean")):
+        path = cfg["data_mean"]
+        if Path(path).is_file() and _file_sha256(path) != mean_file.get("sha256"):
+            raise UserError(
+                f"{shown}: the data-mean file {path!r} changed since the run (SHA-256 differs)"
+            )
     return command, cfg
 
 
@@ -1067,11 +1687,14 @@ def build_parser():
         lr_help = "learning rate gamma; the step is gamma / D, D = tr K (default 0.6)"
         clip_help = (
             "clip threshold c > 0 in residual units (gradient clipped at norm c sqrt(D)), or "
-            "'none'; default none: without --clip the run is plain, unclipped SGD"
+            "'none'; default none: without --clip the run is plain, unclipped SGD. dpsgd: "
+            "required (finite); quantile: the initial threshold c0 (required)"
         )
         if name == "sweep":
             lr_help = "one learning rate (same as --lrs X); default 0.6"
-            clip_help = "one clip threshold c or 'none' (same as --clips C); default none"
+            clip_help = (
+                "one clip threshold c or 'none' (same as --clips C); default none; quantile: c0"
+            )
         p.add_argument("--lr", metavar="X", help=lr_help)
         p.add_argument("--clip", metavar="C", help=clip_help)
         p.add_argument(
@@ -1105,6 +1728,116 @@ def build_parser():
         )
         p.add_argument("--out", metavar="DIR", help="output folder (default results)")
         flag(p, "--plot", "also write a PNG (default: no)")
+        algorithm_options(p, name)
+
+    def algorithm_options(p, name):
+        text = (
+            "--algorithm picks the update; an option that the chosen algorithm does not take is "
+            "refused, never ignored."
+        )
+        if name == "sde":
+            text += (
+                " sde: clipped and dpsgd only (the others have no homogenized SDE), without "
+                "--data-mean or --perturbation."
+            )
+        g = p.add_argument_group("algorithm", textwrap.fill(text, 79))
+        g.add_argument(
+            "--algorithm",
+            metavar="NAME",
+            help="clipped (default): clipped SGD (--clip, --batch, --clip-mode, --perturbation); "
+            "dpsgd: DP-SGD, each example's gradient clipped at c sqrt(D) (--clip, required), "
+            "Gaussian noise of std sigma c sqrt(D) added to the sum (--noise-multiplier, or "
+            "--epsilon with --delta); quantile: the threshold tracks the --quantile q of the "
+            "gradient norms, from c0 = --clip at rate --clip-lr (Andrew et al. 2021); autoclip: "
+            "the threshold is the --percentile of every gradient norm so far (AutoClip); value: "
+            "each gradient coordinate clamped to [-tau, tau] (--clip-value; torch "
+            "clip_grad_value_); sign: signSGD, step (lr / D) sign(g). quantile, autoclip, value "
+            "and sign take one example per step (batch 1)"
+            + (
+                "; for autoclip and sign there is no clip axis (no --clips)"
+                if name == "sweep"
+                else ""
+            ),
+        )
+        g.add_argument(
+            "--noise-multiplier",
+            dest="noise_multiplier",
+            metavar="S",
+            help="dpsgd: noise multiplier sigma >= 0: the noise on the sum of the B clipped "
+            "gradients has std sigma c sqrt(D) per coordinate (0: no noise). No default: give "
+            "it or --epsilon",
+        )
+        g.add_argument(
+            "--epsilon",
+            metavar="E",
+            help="dpsgd: target epsilon > 0 (with --delta): sigma is the smallest noise "
+            "multiplier making the run (E, D)-DP. The one-pass stream uses each example once, "
+            "so the whole run is a single Gaussian mechanism whatever the number of steps",
+        )
+        g.add_argument(
+            "--delta",
+            metavar="D",
+            help="dpsgd: delta in (0, 1); needed by --epsilon; with --noise-multiplier it adds "
+            "the privacy report (the epsilon at D) to the output and sidecar. No default",
+        )
+        g.add_argument(
+            "--accountant",
+            metavar="NAME",
+            help="dpsgd, with --delta: analytic (default; the exact Balle-Wang closed form), "
+            "pld or rdp (these need the dp extra: pip install 'clipped_trip[dp]')",
+        )
+        g.add_argument(
+            "--adjacency",
+            metavar="NAME",
+            help="dpsgd, with --delta: add-remove (default; add or remove one example) or "
+            "substitute (replace one: sensitivity 2C, i.e. sigma doubled for the same epsilon)",
+        )
+        g.add_argument(
+            "--perturbation",
+            metavar="K",
+            help="clipped: k >= 0; each example's gradient gets k zeta, zeta ~ N(0, I_d), "
+            "before its clipping (Chen, Wu, Hong 2020; per-example clipping only at batch > 1; "
+            "gradient units: ||k zeta|| ~ k sqrt(d)). Default 0 (none)",
+        )
+        g.add_argument(
+            "--data-mean",
+            dest="data_mean",
+            metavar="SPEC",
+            help="clipped, dpsgd: the data's mean m (a = m + sqrt(K) z), in the eigenbasis of K "
+            "(coordinate j has the j-th eigenvalue of --spectrum; power-law: j^-alpha): eK:NORM "
+            "= NORM times the K-th coordinate vector (e.g. e1:0.5), uniform:NORM = NORM "
+            "ones / sqrt(d), a .npy file of d numbers (the sidecar records its absolute path "
+            "and SHA-256), or "
+            "none (default: centred data). Results add the bias <m, e> and the population "
+            "risk R + <m, e>^2 / 2",
+        )
+        g.add_argument(
+            "--quantile",
+            metavar="Q",
+            help="quantile (required): the target fraction q in (0, 1) of unclipped examples",
+        )
+        g.add_argument(
+            "--clip-lr",
+            dest="clip_lr",
+            metavar="X",
+            help="quantile (required): eta_C > 0, the per-step rate of log c: c <- c "
+            "exp(-eta_C (1{||g|| <= c sqrt(D)} - q)); eta_C ~ 1/D is the slow regime, O(1) the "
+            "fast one (the ODE picks: slow if eta_C < D^-1/2)",
+        )
+        g.add_argument(
+            "--percentile",
+            metavar="P",
+            help="autoclip (required): p in (0, 100), the percentile of every gradient norm so "
+            "far used as the threshold",
+        )
+        g.add_argument(
+            "--clip-value",
+            dest="clip_value",
+            metavar="V",
+            help="value (required): tau > 0, each gradient coordinate is clamped to [-tau, tau] "
+            "(gradient units, not residual units)"
+            + ("; or --clips: several values of tau" if name == "sweep" else ""),
+        )
 
     p = sub.add_parser(
         "demo",
@@ -1151,9 +1884,99 @@ def build_parser():
     p.add_argument(
         "--clips",
         metavar="C,...",
-        help="thresholds in residual units, 'none' for unclipped (or --clip); default none",
+        help="thresholds in residual units, 'none' for unclipped (or --clip); default none. "
+        "The clip axis of the chosen --algorithm: c (clipped; dpsgd: finite), the initial c0 "
+        "(quantile), tau in gradient units (value); autoclip and sign have none",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = command(
+        "privacy",
+        "DP-SGD privacy accounting: the epsilon of a noise multiplier, the noise multiplier of "
+        "an epsilon, or the privacy-utility table (the ODE-optimal clip and lr per epsilon)",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file; options override it")
+    p.add_argument(
+        "--noise-multiplier",
+        dest="noise_multiplier",
+        metavar="S",
+        help="print the epsilon of noise multiplier sigma > 0 at --delta (DP-SGD adds noise of "
+        "std sigma C to the sum of the per-example gradients clipped at C)",
+    )
+    p.add_argument(
+        "--epsilon",
+        metavar="E",
+        help="print the smallest noise multiplier making the run (E, --delta)-DP",
+    )
+    p.add_argument(
+        "--epsilons",
+        metavar="E,...",
+        help="the privacy-utility table of one-pass DP-SGD: for each epsilon > 0 ('inf': no "
+        "DP) the clip c and lr minimising the ODE's final risk at a fixed sample budget "
+        "(round(T D) steps x --batch examples), and that risk; slow: about 10-30 s per "
+        "epsilon at d = 1000",
+    )
+    p.add_argument("--delta", metavar="D", help="delta in (0, 1); required")
+    p.add_argument(
+        "--sampling-rate",
+        dest="sampling_rate",
+        metavar="Q",
+        help="with --noise-multiplier / --epsilon: Poisson subsampling at rate q in (0, 1] per "
+        "step, composed over --steps. Default none: the one-pass stream, a single Gaussian "
+        "mechanism whatever the number of steps",
+    )
+    p.add_argument(
+        "--steps",
+        metavar="N",
+        help="with --sampling-rate: the number of steps composed, >= 1 (default 1)",
+    )
+    p.add_argument(
+        "--accountant",
+        metavar="NAME",
+        help="analytic (the exact Balle-Wang closed form; one-pass stream only), pld or rdp "
+        "(these need the dp extra: pip install 'clipped_trip[dp]'). Default analytic, pld "
+        "with --sampling-rate",
+    )
+    p.add_argument(
+        "--adjacency",
+        metavar="NAME",
+        help="add-remove (default; add or remove one example) or substitute (replace one: "
+        "sensitivity 2C)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --noise-multiplier / --epsilon: print the privacy report as JSON (epsilon, "
+        "delta, noise multiplier, accountant, adjacency, mechanism, ...) instead of one line",
+    )
+    g = p.add_argument_group("privacy-utility table (--epsilons)")
+    g.add_argument("--noise", metavar="SPEC", help=NOISE_HELP)
+    g.add_argument(
+        "--spectrum",
+        metavar="SPEC",
+        help="eigenvalues of K, as in simulate (default power-law:alpha=0.2)",
+    )
+    g.add_argument("--d", metavar="N", help=f"ambient dimension, 1 to {MAX_D} (default 500)")
+    g.add_argument("--batch", metavar="B", help="examples per step (default 1)")
+    g.add_argument("--T", metavar="X", help="horizon in time t = steps / D, D = tr K (default 15)")
+    g.add_argument(
+        "--clips",
+        metavar="C,...",
+        help="the grid of clips c > 0 searched, residual units, at least 2 (default 13 from "
+        "1e-3 to 10)",
+    )
+    g.add_argument(
+        "--lrs",
+        metavar="X,...",
+        help="a grid of learning rates shared by every clip, at least 3 (default: per clip, 21 "
+        "from 1e-5 to 1 times the critical lr)",
+    )
+    g.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write privacy_utility.csv and its JSON sidecar here (default: print only)",
+    )
+    flag(g, "--plot", "with --out: also a PNG of final risk and optimal clip vs epsilon")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser(
         "rerun",
         help="re-run a simulate / ode / sde result from its JSON sidecar (bit-identical)",
@@ -1213,6 +2036,7 @@ def main(argv=None) -> int:
         "reproduce": cmd_reproduce,
         "rerun": cmd_rerun,
         "demo": cmd_demo,
+        "privacy": cmd_privacy,
     }
     prog = f"clipped-trip {args.command}"
     _ACTIVE_OUT.clear()
