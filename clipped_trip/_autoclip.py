@@ -34,7 +34,13 @@ import numpy as np
 
 from . import _validate as V
 from ._algorithm import Algorithm, EquivalentBase
-from ._clipped_sgd import ClippedSGDKernel, _barycentric, _check_schedule, _chebyshev
+from ._clipped_sgd import (
+    ClippedSGDKernel,
+    _barycentric,
+    _check_schedule,
+    _chebyshev,
+    risk_records,
+)
 from ._engine import describe_schedule, step_table
 from ._factors import reduction_factors
 
@@ -104,8 +110,7 @@ class AutoClipKernel:
         return e, new["state"]
 
     def records(self, model, e, state):
-        r = model["sqrt_lam"] * e
-        return {"risk": 0.5 * jnp.dot(r, r), "clip": state["last"]}
+        return {**risk_records(model, e), "clip": state["last"]}
 
 
 @dataclass(frozen=True, eq=False)

@@ -143,12 +143,18 @@ class ClippedSGDKernel:
         return e, g_norm * inv_D * sqrt_D, c
 
     def records(self, model, e, state):
-        r = model["sqrt_lam"] * e
-        risk = 0.5 * jnp.dot(r, r)
-        if "mean" not in model:
-            return {"risk": risk}
-        bias = jnp.dot(model["mean"], e)
-        return {"risk": risk, "bias": bias, "population_risk": risk + 0.5 * bias * bias}
+        return risk_records(model, e)
+
+
+def risk_records(model, e) -> dict:
+    """The recorded statistics of an error e: the risk R = e^T K e / 2 and, for non-centred data,
+    the bias <m, e> and the population risk R + <m, e>^2 / 2 (SPEC 10)."""
+    r = model["sqrt_lam"] * e
+    risk = 0.5 * jnp.dot(r, r)
+    if "mean" not in model:
+        return {"risk": risk}
+    bias = jnp.dot(model["mean"], e)
+    return {"risk": risk, "bias": bias, "population_risk": risk + 0.5 * bias * bias}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _validate as V
 from ._algorithm import Algorithm, EquivalentBase
-from ._clipped_sgd import ClippedSGDKernel, _check_schedule
+from ._clipped_sgd import ClippedSGDKernel, _check_schedule, risk_records
 from ._engine import describe_schedule, step_table
 from ._factors import reduction_factors
 from ._tables import LazyLogTable
@@ -59,8 +59,7 @@ class QuantileClipKernel:
         return e, quantile_update(u, unclipped, sched["quantile"], sched["clip_lr"])
 
     def records(self, model, e, u):
-        r = model["sqrt_lam"] * e
-        return {"risk": 0.5 * jnp.dot(r, r), "clip": jnp.exp(u)}
+        return {**risk_records(model, e), "clip": jnp.exp(u)}
 
 
 @dataclass(frozen=True, eq=False)
