@@ -13,6 +13,7 @@ Where each formula of SPEC.md lives:
     section 10 (clipping bias, perturbation) -> _clipped_sgd.py (BiasEquivalent), _bias_factors.py
     section 11 (adaptive thresholds)      -> _quantile_clip.py, _autoclip.py, _adaptive_factors.py
     section 12 (value clipping, signSGD)  -> _value_clip.py, _value_factors.py
+    sweeps at scale (spec, result store, backends) -> _sweep_spec.py, _store.py, _backends.py
     section 13 (algorithm contract)       -> _algorithm.py; one engine: _engine.py
 """
 
@@ -21,6 +22,7 @@ from ._clip import clip_by_norm, clip_factor
 from ._clipped_sgd import ClippedSGD
 from ._config import enable_compilation_cache
 from ._autoclip import AutoClipSGD
+from ._backends import run_sweep
 from ._dpsgd import DPSGD
 from ._criteria import (
     ccc,
@@ -59,6 +61,8 @@ from ._results import ODEResult, RiskPaths
 from ._schedules import RiskSchedule
 from ._sde import simulate_sde
 from ._simulate import simulate, sweep
+from ._store import SweepResult, load_sweep
+from ._sweep_spec import SweepSpec
 from ._value_clip import SignSGD, ValueClipSGD
 
 __version__ = "0.1.0"
@@ -112,5 +116,9 @@ __all__ = [
     "simulate_reduced",
     "save_result",
     "load_result",
+    "SweepSpec",
+    "SweepResult",
+    "run_sweep",
+    "load_sweep",
     "__version__",
 ]

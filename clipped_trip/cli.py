@@ -1650,6 +1650,12 @@ UNITS = "Units: D = tr K; the step is lr / D; time t = steps / D; the clip c is 
 UNITS += "(the gradient is clipped at norm c sqrt(D)). Options override the --config file."
 
 
+def cmd_run_sweep(args):
+    from ._backends import cli_command
+
+    return cli_command(args)
+
+
 def build_parser():
     parser = _Parser(
         prog="clipped-trip",
@@ -1998,6 +2004,18 @@ def build_parser():
         "bundled digits)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from ._backends import add_arguments as _run_sweep_arguments
+
+    _run_sweep_arguments(
+        sub.add_parser(
+            "run-sweep",
+            help="run or resume a sweep spec (TOML/JSON) into a result store (--out DIR)",
+            description="Run a sweep spec (TOML or JSON: problem, algorithm, axes, runs) into "
+            "the result store --out DIR: one file per finished work unit, DIR/table.csv one row "
+            "per cell. The same command again resumes (finished units are skipped); SPEC may be "
+            "left out when DIR already holds one. --backend inprocess | devices | dask.",
+        )
+    )
     return parser
 
 
@@ -2037,6 +2055,7 @@ def main(argv=None) -> int:
         "rerun": cmd_rerun,
         "demo": cmd_demo,
         "privacy": cmd_privacy,
+        "run-sweep": cmd_run_sweep,
     }
     prog = f"clipped-trip {args.command}"
     _ACTIVE_OUT.clear()
