@@ -54,6 +54,7 @@ from ._noise import (
 )
 from ._ode import solve_ode
 from ._privacy import noise_multiplier_for, privacy_epsilon, privacy_report
+from ._privacy_utility import PrivacyUtility, privacy_utility
 from ._problem import Problem
 from ._quantile_clip import QuantileClipSGD
 from ._reduced import ReducedProblem, simulate_reduced
@@ -109,6 +110,8 @@ __all__ = [
     "privacy_epsilon",
     "noise_multiplier_for",
     "privacy_report",
+    "privacy_utility",
+    "PrivacyUtility",
     "RiskPaths",
     "ODEResult",
     "enable_compilation_cache",
