@@ -223,14 +223,17 @@ def solve_ode(
         algorithm: an algorithm object, or the learning rate gamma (a number > 0, a callable of
             t, or (times, values)) with ``clip``: None (no clipping), a number, a callable of t,
             (times, values), or a :class:`RiskSchedule` (e.g. ``max_ccc_schedule``).
-        T, times, n_records: horizon and record times (default ``n_records`` even points on
-            [0, T]); repeated times are allowed.
+        T: the horizon (time t = steps / D).
+        times: record times (repeated times are allowed); default ``n_records`` even points on
+            [0, T].
+        n_records: the number of record times when ``times`` is not given.
         method: "auto" (default: "map" for batch > 1 when h = gamma lambda_max / D exceeds
             ``MAP_THRESHOLD`` = 0.05, else DOP853), "map" (iterate the one-step map of E[v],
             SPEC 8A.2 / 8B.3, at integer steps: the deterministic equivalent near the critical
             batch size), "DOP853" or any ``scipy.integrate.solve_ivp`` method, or "rk4" (fixed
             step ``dt``, default 1e-3).
-        rtol, atol: tolerances for solve_ivp (atol default rtol * 1e-6 * R0 / d).
+        rtol: relative tolerance for solve_ivp.
+        atol: absolute tolerance (default rtol * 1e-6 * R0 / d; the noise's scale for R0 = 0).
         use_table: tabulate the factors in R when they depend on R alone (fast); False evaluates
             them directly.
         second_order: keep the O(h) second-order term (SPEC 8A.3): right stationary risk and

@@ -511,7 +511,10 @@ def noise_multiplier_for(
     Args:
         epsilon: target eps > 0 (finite).
         delta: in (0, 1).
-        steps, sampling_rate, accountant, adjacency: as in :func:`privacy_epsilon`.
+        steps: as in :func:`privacy_epsilon`.
+        sampling_rate: as in :func:`privacy_epsilon`.
+        accountant: as in :func:`privacy_epsilon`.
+        adjacency: as in :func:`privacy_epsilon`.
     {common}
     References: SPEC section 9.3; Balle & Wang 2018, Thm 8; Abadi et al. 2016; dp-accounting.
     """

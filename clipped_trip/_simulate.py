@@ -245,7 +245,9 @@ def simulate(
         clip: with a learning rate only: c in residual units (gradient clipped at norm
             c sqrt(D)); None / inf = plain SGD. Same forms as ``lr``.
         T: horizon (round(T D) steps). Optional when ``times`` is given.
-        runs, seed, first_run: runs ``first_run .. first_run + runs - 1`` of stream ``seed``.
+        runs: how many runs (``first_run .. first_run + runs - 1`` of stream ``seed``).
+        seed: the random stream (an integer in [0, 2^32)).
+        first_run: index of the first run of the stream.
         times: record times (exactly those); default ``n_records`` even points on [0, T].
         dtype: "float32" (default) or "float64" (needs jax_enable_x64).
         divergence_threshold: the divergence level L: a run whose risk passes L and stays above

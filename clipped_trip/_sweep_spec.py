@@ -204,9 +204,12 @@ class SweepSpec:
             ``power-law:alpha=0.2``, 500, ``gaussian:std=0.5``) and optional ``data_mean``.
         algorithm: a name (``"clipped"``) or a mapping ``{"name": ..., **fixed parameters}``.
         axes: ordered mapping parameter -> list of values (see the module docstring).
-        runs: Monte Carlo runs per cell; seed: the random stream (run j of cell i is run j of
-            stream ``seed``: the same across cells, as :func:`sweep` does).
-        T, n_records, dtype: horizon, record count (even on [0, T]), float32 / float64.
+        runs: Monte Carlo runs per cell.
+        seed: the random stream (run j of cell i is run j of stream ``seed``: the same across
+            cells, as :func:`sweep` does).
+        T: the horizon (time t = steps / D).
+        n_records: the number of record times (even on [0, T]).
+        dtype: "float32" or "float64".
         block: runs per work unit (default: one run chunk of the cell's width, at most runs).
             It never changes a bit; each unit is padded to whole run chunks, so keep it a
             multiple of the chunk (a block of 16 with the automatic chunk 256 of d <= 256 does
