@@ -502,12 +502,22 @@ class ClippedSGDEquivalent:
         return {"y": y_next}
 
     def h_bound(self, t_end: float) -> float:
-        """max over the horizon of gamma lambda_max / D >= h = eta mu lambda_max."""
+        """An upper bound of h = eta mu lambda_max over the horizon (SPEC 8A.4): gamma_max
+        lambda_max / D times the largest mu for a constant finite clip (per-example / batch 1:
+        mu_c(R) over R in [0, 4 R0], plus 1e-3 so an all-clipped start still counts), else 1.
+        A small clip keeps h small at a large lr (DP-SGD's c -> 0 regime), where the ODE is
+        right and the map is not needed."""
         if self.lr_const is not None:
             lr_max = self.lr_const
         else:
             lr_max = float(time_schedule_values("lr", self.lr, np.linspace(0.0, t_end, 257)).max())
-        return lr_max * float(self.lam.max()) / self.D
+        mu_max = 1.0
+        c = self.clip_const
+        if c is not None and math.isfinite(c) and not self.shifted:
+            R0 = float(np.sum(0.5 * self.lam * self.e0 * self.e0))
+            grid = np.concatenate([[0.0], max(R0, 1e-300) * np.logspace(-6, np.log10(4.0), 15)])
+            mu_max = min(1.0, float(np.max(reduction_factors(self.noise, grid, c)[0])) + 1e-3)
+        return lr_max * mu_max * float(self.lam.max()) / self.D
 
     def paths(self, t, risk):
         """Effective learning rate and clip along a solved path (NaN where the risk is infinite)."""
@@ -586,6 +596,7 @@ class BiasEquivalent:
         self.m = np.zeros(self.d) if problem.data_mean is None else np.asarray(problem.data_mean)
         self.k = float(getattr(alg, "perturbation", 0.0))
         self.delta = self.k * math.sqrt(self.d / self.D)  # SPEC 10: delta^2 = k^2 d / D
+        self.clip_const = None  # h_bound: mu not bounded here (mu~ of SPEC 10 differs)
         self.sigma_dp = float(getattr(alg, "noise_multiplier", 0.0))
         self.lr, self.clip = alg.lr, alg.clip
         self.e0 = problem.initial_error
