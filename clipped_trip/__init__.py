@@ -13,6 +13,7 @@ Where each formula of SPEC.md lives:
     section 10 (clipping bias, perturbation) -> _clipped_sgd.py (BiasEquivalent), _bias_factors.py
     section 11 (adaptive thresholds)      -> _quantile_clip.py, _autoclip.py, _adaptive_factors.py
     section 12 (value clipping, signSGD)  -> _value_clip.py, _value_factors.py
+    ODE phase diagrams (a grid of cells in one compiled program) -> _phase.py
     sweeps at scale (spec, result store, backends) -> _sweep_spec.py, _store.py, _backends.py
     section 13 (algorithm contract)       -> _algorithm.py; one engine: _engine.py
 """
@@ -53,6 +54,7 @@ from ._noise import (
     parse_noise,
 )
 from ._ode import solve_ode
+from ._phase import PhaseDiagram, phase_diagram
 from ._privacy import noise_multiplier_for, privacy_epsilon, privacy_report
 from ._privacy_utility import PrivacyUtility, privacy_utility
 from ._problem import Problem
@@ -119,6 +121,8 @@ __all__ = [
     "simulate_reduced",
     "save_result",
     "load_result",
+    "phase_diagram",
+    "PhaseDiagram",
     "SweepSpec",
     "SweepResult",
     "run_sweep",
