@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,8 +152,13 @@ class RiskPaths:
         lo = (1 - coverage) / 2
         v = np.asarray(self.stat(name), dtype=np.float64)
         big = np.finfo(np.float64).max
-        q = np.quantile(np.where(np.isfinite(v), v, big), [lo, 1 - lo], axis=-2)
-        q = np.where(q > 1e300, np.inf, q)
+        # NaN = not defined yet (AutoClip's threshold before its first step): left out, and NaN
+        # where no run has a value, as stat_mean; +inf counts as the largest value
+        v = np.where(np.isposinf(v), big, np.where(np.isneginf(v), -big, v))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            q = np.nanquantile(v, [lo, 1 - lo], axis=-2)
+        q = np.where(q > 1e300, np.inf, np.where(q < -1e300, -np.inf, q))
         return q[0], q[1]
 
     def infinite_mean_from(self) -> np.ndarray:
