@@ -15,7 +15,7 @@ import numpy as np
 
 from ._results import ODEResult, RiskPaths
 
-__all__ = ["save_result", "load_result", "atomic_write", "versions"]
+__all__ = ["save_result", "load_result", "atomic_write", "versions", "FigureData"]
 
 
 def versions() -> dict:
@@ -300,7 +300,11 @@ def _check_arrays(name: str, kind: str, a: dict):
         need += ["lr_path", "clip_path"]
     missing = [k for k in need if k not in a]
     if missing:
-        raise ValueError(f"result file {name!r} lacks the arrays {missing} (a {kind} needs {need})")
+        raise ValueError(
+            f"result file {name!r} lacks the arrays {missing} (a {kind} needs {need}); a "
+            "figure's data file loads (as FigureData) only with its .json sidecar next to it, "
+            "np.load(path) reads its arrays alone"
+        )
 
     def bad(what):
         raise ValueError(f"result file {name!r}: {what}")
@@ -329,8 +333,63 @@ def _check_arrays(name: str, kind: str, a: dict):
         bad("'risk' holds NaN in a run not marked diverged")
 
 
+class FigureData:
+    """The data of a figure file (``clipped-trip reproduce`` / ``experiments/*.py``), as
+    :func:`load_result` returns it.
+
+    A figure saves the arrays it plots under names of its own (``fig1``: ``case0_t``,
+    ``case0_sgd`` (runs x times), ``case0_ode``, ...; ``fig6``: ``"<noise>/<schedule>/ode"``, ...),
+    not a :class:`RiskPaths` / :class:`ODEResult` layout. ``.arrays`` holds them by name
+    (``fig["case0_sgd"]`` is ``fig.arrays["case0_sgd"]``), ``.params`` the figure's parameters
+    and summary from the JSON sidecar, ``.meta`` the whole sidecar (versions, hash).
+    ``.groups()`` splits names at "/" (``{"Gaussian std 0.8": {"max-CCC/ode": ...}}``).
+    """
+
+    def __init__(self, name, arrays, params, meta, path):
+        self.name = name
+        self.arrays = dict(arrays)
+        self.params = params
+        self.meta = meta
+        self.path = Path(path)
+
+    def __getitem__(self, key):
+        return self.arrays[key]
+
+    def __contains__(self, key):
+        return key in self.arrays
+
+    def __iter__(self):
+        return iter(self.arrays)
+
+    def __len__(self):
+        return len(self.arrays)
+
+    def keys(self):
+        return self.arrays.keys()
+
+    def groups(self) -> dict:
+        """The arrays by the part of their name before the first "/" (names without one are
+        under "")."""
+        out: dict = {}
+        for key, value in self.arrays.items():
+            head, sep, rest = key.partition("/")
+            if sep:
+                out.setdefault(head, {})[rest] = value
+            else:
+                out.setdefault("", {})[key] = value
+        return out
+
+    def __repr__(self):
+        shown = ", ".join(f"{k!r}: {v.shape}" for k, v in list(self.arrays.items())[:6])
+        more = f", ... ({len(self.arrays)} arrays)" if len(self.arrays) > 6 else ""
+        return f"FigureData({self.name!r}, arrays={{{shown}{more}}})"
+
+
 def load_result(path):
     """Load a result saved by :func:`save_result` (never unpickles: ``allow_pickle=False``).
+
+    A figure file (``figures/fig1.npz``, whose sidecar names the figure) loads as a
+    :class:`FigureData`: the figure's own arrays by name, and its parameters.
 
     Raises ValueError for a missing, corrupt or inconsistent file, and when the .npz and its .json
     sidecar do not belong together (the sidecar's SHA-256 of the npz does not match; sidecars
@@ -351,6 +410,9 @@ def load_result(path):
             "(SHA-256 of the npz differs from the sidecar's: an interrupted or mixed write)"
         )
     arrays = _read_npz(path)
+    if "type" not in meta and isinstance(meta.get("figure"), str):
+        params = meta.get("params", {})
+        return FigureData(meta["figure"], arrays, params, meta, path)
     kind = meta.get("type", "ODEResult" if "lr_path" in arrays else "RiskPaths")
     if kind not in ("RiskPaths", "ODEResult"):
         raise ValueError(f"result sidecar {str(meta_path)!r}: type must be RiskPaths or ODEResult")

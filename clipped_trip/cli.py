@@ -1080,24 +1080,44 @@ def _table_out(cfg):
     return _prepare_out(cfg["out"]) if cfg["out"] else None
 
 
+def _note(text):
+    """A message for the reader, on stderr: stdout of factors / criteria is pure CSV."""
+    print(text, file=sys.stderr)
+
+
 def _write_table_outputs(out, name, header, rows, plot_fn=None, plot=False):
-    """Print a CSV table; with an output folder also write it (atomically), with plot a PNG."""
+    """Print a CSV table (header and rows only: stdout pipes into a CSV reader); with an output
+    folder also write it (atomically), with plot a PNG; the paths written go to stderr."""
     from ._io import atomic_write
 
     text = "\n".join([",".join(header)] + [",".join(r) for r in rows])
     print(text)
     if out is not None:
         path = atomic_write(out / f"{name}.csv", lambda tmp: Path(tmp).write_text(text + "\n"))
-        print(f"wrote {path}")
+        _note(f"wrote {path}")
         if plot and plot_fn is not None:
             import matplotlib
 
             matplotlib.use("Agg")
             fig = plot_fn()
-            print(
+            _note(
                 "wrote "
                 + str(atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png")))
             )
+
+
+def _plot_grid(clips):
+    """The c axis of a factors / criteria plot: 200 points spanning the finite clips asked for
+    (a decade either side of a single one), on a log scale."""
+    import numpy as np
+
+    finite = [float(c) for c in clips if c is not None]
+    if not finite:
+        return np.logspace(-2, 2, 200)
+    lo, hi = min(finite), max(finite)
+    if hi <= lo * 1.0001:
+        lo, hi = lo / 10, hi * 10
+    return np.geomspace(lo, hi, 200)
 
 
 def cmd_factors(args):
@@ -1131,11 +1151,16 @@ def cmd_factors(args):
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        cs = np.logspace(-2, 2, 200)
-        for R in risks:
+        cs = _plot_grid(clips)  # the range of the clips asked for; markers at those clips
+        marks = np.array([c for c in clips if c is not None], dtype=float)
+        for k, R in enumerate(risks):
             mu, nu = reduction_factors(noise, R, cs)
-            axes[0].semilogx(cs, mu, label=f"R = {R:g}")
-            axes[1].loglog(cs, nu, label=f"R = {R:g}")
+            axes[0].semilogx(cs, mu, color=f"C{k % 10}", label=f"R = {R:g}")
+            axes[1].loglog(cs, nu, color=f"C{k % 10}", label=f"R = {R:g}")
+            if marks.size:
+                mu_m, nu_m = reduction_factors(noise, R, marks)
+                axes[0].plot(marks, mu_m, "o", color=f"C{k % 10}", ms=4)
+                axes[1].plot(marks, nu_m, "o", color=f"C{k % 10}", ms=4)
         axes[0].set_title(f"mu_c(R), {noise!r}"[:60], fontsize=9)
         axes[1].set_title("nu_c(R)", fontsize=9)
         for ax in axes:
@@ -1158,7 +1183,7 @@ def cmd_criteria(args):
     R = cfg["risk"]
     clips = np.logspace(-2, 2, 9) if cfg["clip"] is None else np.array(cfg["clip"])
     out = _table_out(cfg)
-    print(f"noise {noise!r}, R = {R:g}")
+    _note(f"noise {noise!r}, R = {R:g}")
     rows = [
         [
             f"{c:.6g}",
@@ -1172,11 +1197,14 @@ def cmd_criteria(args):
     def plot():
         import matplotlib.pyplot as plt
 
-        cs = np.logspace(-2, 2, 200)
+        cs = _plot_grid(clips)  # the range of the clips asked for; markers at those clips
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.semilogx(cs, ccc(noise, R, cs), label="CCC")
-        ax.semilogx(cs, csc(noise, R, cs), label="CSC")
+        ax.semilogx(cs, ccc(noise, R, cs), color="C0", label="CCC")
+        ax.semilogx(cs, csc(noise, R, cs), color="C1", label="CSC")
+        ax.plot(clips, ccc(noise, R, clips), "o", color="C0", ms=4)
+        ax.plot(clips, csc(noise, R, clips), "o", color="C1", ms=4)
         ax.axhline(1, color="k", ls="--", lw=0.8)
+        ax.set_xlim(cs[0] / 1.15, cs[-1] * 1.15)
         ax.set_yscale("log")
         ax.set_xlabel("c (residual units)")
         ax.set_title(f"{noise!r}, R = {R:g}"[:60], fontsize=9)
@@ -1187,7 +1215,7 @@ def cmd_criteria(args):
     header = ["clip", "ccc", "csc", "critical_lr"]
     _write_table_outputs(out, "criteria", header, rows, plot, cfg["plot"])
     value, c_star = max_ccc(noise, R)
-    print(
+    _note(
         f"optimal clip c* = {float(c_star):.6g}, max CCC = {float(value):.6g}"
         + (" (no finite threshold beats no clipping)" if np.isinf(c_star) else "")
     )
@@ -1275,16 +1303,20 @@ def cmd_sweep(args):
         meta = {"command": "sweep", "config": {**record, "noise": spec}, "noise": spec, **extra}
         save_result(res, out / f"sweep_{_slug(spec, used)}.npz", extra=meta)
         grid = np.empty((len(lrs), len(clips)))
+        caches = [{} for _ in clips]  # ODE factor tables, shared along the lr axis of a clip
         for i, lr in enumerate(lrs):
             for j, c in enumerate(clips):
                 cell = res.risk[i, j]
                 grid[i, j] = float(np.mean(cell[:, -1]))
+                ode_final = _sweep_ode_final(problem, base, lr, c, res.t, caches[j])
                 row = {
                     "noise": spec,
                     "lr": lr,
                     "clip": "n/a" if no_axis else "inf" if c is None else c,
                     "final_mean_risk": grid[i, j],
                     "final_median_risk": float(np.median(cell[:, -1])),
+                    "ode_final_risk": "" if ode_final is None else ode_final,
+                    "rel_gap": _rel_gap(grid[i, j], ode_final),
                     "runs_diverged": int(res.diverged[i, j].sum()),
                     "runs": cfg["runs"],
                     "batch": cfg["batch"],
@@ -1319,6 +1351,30 @@ def cmd_sweep(args):
     return 0
 
 
+def _sweep_ode_final(problem, base, lr, clip, times, cache):
+    """The ODE's prediction of a sweep cell's final risk (inf: the ODE diverges), or None where
+    the ODE cannot be solved (no deterministic equivalent, too stiff, ...)."""
+    import warnings
+
+    from . import solve_ode
+
+    try:
+        alg = base.replace(lr=lr, clip=math.inf if clip is None else clip)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ode = solve_ode(problem, alg, times=times, cache=cache)
+        return float(ode.risk[-1])
+    except (ValueError, NotImplementedError, ArithmeticError, RuntimeError):
+        return None
+
+
+def _rel_gap(sgd_final, ode_final):
+    """mean SGD final risk / ODE final risk - 1; blank where the ODE gave no finite value."""
+    if ode_final is None or not math.isfinite(ode_final) or ode_final <= 0:
+        return ""
+    return sgd_final / ode_final - 1.0
+
+
 def _csv_text(rows):
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -1327,17 +1383,150 @@ def _csv_text(rows):
     return buf.getvalue()
 
 
-def cmd_reproduce(args):
-    from ._figures import FIGURES, run_figure
+#: modules registering figures beyond clipped_trip._figures (imported when present)
+_FIGURE_MODULES = ("_figures_batch", "_figures_private", "_figures_adaptive", "_figures_phase")
 
+#: run time of each figure in seconds, (full, --quick), on an idle 2-core CPU machine. Measured
+#: with run_figure on a busy 2-core machine (load 5-11), then scaled by 0.4: fig1 at full size
+#: took 44 s there against the 15-20 s it takes idle (README). Raw (full, quick) seconds: fig1
+#: (44, 32), fig2 (3, 3), fig3 (4, 6), fig4 (4, 5), fig5 (4, 4), fig6 (93, 60), fig7 (19, 19),
+#: dscaling (61, 22), minibatch (435, 86), critical-batch (514, 205), privacy (710, 25), bias
+#: (248, 50), adaptive (243, 125), value-clipping (175, 43). Kept here until the figure
+#: registry records it; a figure missing here shows "?" in reproduce --list.
+FIGURE_TIMES = {
+    "fig1": (17, 13),
+    "fig2": (1, 1),
+    "fig3": (2, 2),
+    "fig4": (2, 2),
+    "fig5": (2, 2),
+    "fig6": (37, 24),
+    "fig7": (8, 8),
+    "dscaling": (24, 9),
+    "minibatch": (174, 34),
+    "critical-batch": (206, 82),
+    "privacy": (284, 10),
+    "bias": (99, 20),
+    "adaptive": (97, 50),
+    "value-clipping": (70, 17),
+    "clipping-map": (40, 25),
+}
+
+
+def figure_registry() -> dict:
+    """{name: (function, description)} of every figure, the later figure modules included."""
+    import importlib
+
+    from ._figures import FIGURES
+
+    for module in _FIGURE_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as err:  # a module not (yet) in this version
+            if err.name != f"{__package__}.{module}":
+                raise
+    return FIGURES
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"~{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"~{round(seconds / 60)} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+def figure_times(name) -> tuple[str, str]:
+    """(full, quick) run time of a figure as text ("?" where none is recorded)."""
+    full, quick = FIGURE_TIMES.get(name, (None, None))
+    return _duration(full), _duration(quick)
+
+
+def _figure_script(name) -> str:
+    return f"experiments/{name.replace('-', '_')}.py"
+
+
+def figure_parser(name, prog=None) -> argparse.ArgumentParser:
+    """The usage of one figure: ``reproduce NAME --help`` and ``python experiments/NAME.py
+    --help`` (``prog``: the script's name there)."""
+    _, title = figure_registry()[name]
+    full, quick = figure_times(name)
+    script = _figure_script(name)
+    description = (
+        f"{title} (figure {name}). Run time on 2 CPU cores: {full} (--quick: {quick}). Writes "
+        f"{name}.png, {name}.pdf and its data {name}.npz + {name}.json into --out (read them "
+        f"with clipped_trip.load_result('DIR/{name}.npz'))."
+    )
+    examples = [
+        f"clipped-trip reproduce {name} --quick --out figures",
+        f"python {script} --quick --out figures   (the same)",
+    ]
+    epilog = "\n".join([textwrap.fill(UNITS, 79)] + [f"example: {x}" for x in examples])
+    p = argparse.ArgumentParser(
+        prog=prog or f"clipped-trip reproduce {name}",
+        description=textwrap.fill(description, 79),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick", action="store_true", help=f"small version, {quick} (default: full size, {full})"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default="figures", help="output folder (default figures)"
+    )
+    if name == "fig7":
+        p.add_argument(
+            "--data",
+            metavar="DIR",
+            help="folder with the CIFAR-10 binary batches data_batch_1.bin ... data_batch_5.bin "
+            "(default: scikit-learn's bundled digits)",
+        )
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    return p
+
+
+class _FigureHelp(argparse.Action):
+    """``reproduce --help``; after a figure name, that figure's own usage (shown under the
+    script's name when run as ``python experiments/NAME.py --help``)."""
+
+    def __init__(
+        self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None
+    ):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = getattr(namespace, "figure", None)
+        if name and name != "all" and name in figure_registry():
+            script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+            prog = None
+            if script is not None and script.suffix == ".py":
+                if script.stem == name.replace("-", "_"):
+                    prog = script.name
+            figure_parser(name, prog).print_help()
+        else:
+            parser.print_help()
+        parser.exit()
+
+
+def cmd_reproduce(args):
     if args.list:
         if args.figure:
             raise UserError("give a FIGURE or --list, not both")
-        for name in FIGURES:
-            print(name)
+        FIGURES = figure_registry()
+        width = max(len(n) for n in FIGURES)
+        print(f"{'figure':<{width}}  {'full':>8}  {'--quick':>8}  description")
+        for name, (_, title) in FIGURES.items():
+            full, quick = figure_times(name)
+            print(f"{name:<{width}}  {full:>8}  {quick:>8}  {title}")
+        _note("run times on 2 CPU cores ('?': not recorded); clipped-trip reproduce FIGURE --help")
         return 0
     if not args.figure:
         raise UserError("give a FIGURE (see --list) or 'all'")
+    _prepare_out(args.out)  # a bad --out is refused at once (removed again on a later error)
+    from ._figures import run_figure
+
+    FIGURES = figure_registry()
     names = list(FIGURES) if args.figure == "all" else [args.figure]
     for n in names:
         if n not in FIGURES:
@@ -1346,7 +1535,6 @@ def cmd_reproduce(args):
         raise UserError("--data is read by fig7 only")
     if args.data and not Path(args.data).is_dir():
         raise UserError(f"--data {args.data!r} is not a directory")
-    _prepare_out(args.out)
     for n in names:
         extra = {"data": args.data} if (n == "fig7" and args.data) else {}
         (path, _), secs = run_figure(
@@ -1375,6 +1563,74 @@ _PRIVACY_USES = {
         "plot",
     ),
 }
+
+
+def cmd_phase(args):
+    """ODE phase diagram over (lr, clip) per noise law in one compiled program (SPEC 4)."""
+    from . import DPSGD, ClippedSGD, phase_diagram
+
+    def floats(name, text, allow_none=False):
+        out = []
+        for item in str(text).split(","):
+            item = item.strip()
+            if allow_none and item.lower() in ("none", "inf"):
+                out.append(None)
+                continue
+            try:
+                out.append(float(item))
+            except ValueError:
+                raise UserError(f"{name}: expected comma-separated numbers, got {item!r}") from None
+        return out
+
+    noises = [parse_noise_checked(n) for n in args.noises.split(";") if n.strip()]
+    if not noises:
+        raise UserError("--noises: give at least one noise law")
+    out = _prepare_out(args.out) if args.out else None
+    problem = make_problem(args.spectrum, V.count("--d", args.d), noises[0])
+    axes = {}
+    if len(noises) > 1:
+        axes["noise"] = noises
+    axes["lr"] = floats("--lrs", args.lrs)
+    axes["clip"] = floats("--clips", args.clips, allow_none=True)
+    if args.algorithm == "dpsgd":
+        cls, params = DPSGD, {"batch": args.batch, "noise_multiplier": args.noise_multiplier}
+    else:
+        cls, params = ClippedSGD, {"batch": args.batch}
+    import numpy as np
+
+    pd = phase_diagram(problem, cls, axes, T=args.T, params=params, target=args.target)
+    rows = []
+    names = list(pd.axes)
+    for idx in np.ndindex(*pd.final_risk.shape):
+        row = {n: pd.axes[n][i] for n, i in zip(names, idx)}
+        if "noise" in row:
+            row["noise"] = row["noise"].to_spec()
+        row["clip"] = "none" if row["clip"] is None else row["clip"]
+        row["final_risk"] = float(pd.final_risk[idx])
+        row["diverged"] = bool(pd.diverged[idx])
+        if pd.time_to_target is not None:
+            row["time_to_target"] = float(pd.time_to_target[idx])
+        rows.append(row)
+    text = _csv_text(rows)
+    print(text, end="")
+    best = pd.best()
+    print(f"best cell: {best}", file=sys.stderr)
+    if out is not None:
+        (out / "phase.csv").write_text(text)
+        from ._io import dumps_strict
+
+        (out / "phase.json").write_text(dumps_strict({"params": pd.params, "best": best}, indent=2))
+        if args.plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            finals = pd.final_risk if "noise" in pd.axes else pd.final_risk[None]
+            grids = [(n.to_spec(), g) for n, g in zip(axes.get("noise", noises), finals)]
+            fig = _sweep_plot(grids, axes["lr"], axes["clip"])
+            fig.axes[0].figure.suptitle("ODE final risk (phase diagram)", fontsize=9)
+            fig.savefig(out / "phase.png", dpi=120)
+        print(f"wrote {out / 'phase.csv'}", file=sys.stderr)
+    return 0
 
 
 def cmd_privacy(args):
@@ -1618,6 +1874,22 @@ def cmd_rerun(args):
     return run_simulate(cfg, command)
 
 
+def cmd_explore(args):
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1 ... 65535, got {args.port}")
+    try:
+        from ._explore import serve
+
+        serve(port=args.port, show=args.show)
+    except ImportError as err:
+        raise UserError(_one_line(err)) from None
+    except OSError as err:  # port in use, no permission
+        raise UserError(f"cannot serve on port {args.port}: {_one_line(err)}") from None
+    except KeyboardInterrupt:
+        print("clipped-trip explore: stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args):
     from ._figures import run_figure
 
@@ -1647,7 +1919,65 @@ NOISE_HELP = (
     "three-point:value=2,q=0.2, discrete:values=-1/2,probs=0.3/0.7"
 )
 UNITS = "Units: D = tr K; the step is lr / D; time t = steps / D; the clip c is in residual units "
-UNITS += "(the gradient is clipped at norm c sqrt(D)). Options override the --config file."
+UNITS += "(the gradient is clipped at norm c sqrt(D))."
+CONFIG_NOTE = " Options override the --config file."
+CONFIG_HELP = (
+    "TOML file of options (keys listed below); options given here override it (default: none)"
+)
+QUIET_HELP = "no progress bar (default: show one on stderr)"
+#: one or more "example:" lines per command, shown at the end of its --help
+EXAMPLES = {
+    None: [
+        "clipped-trip demo --quick",
+        "clipped-trip simulate --noise cauchy:scale=0.5 --lr 0.6 --clip 0.4 --runs 100 --plot",
+        "clipped-trip COMMAND --help",
+    ],
+    "demo": ["clipped-trip demo --quick --out demo"],
+    "simulate": [
+        "clipped-trip simulate --noise cauchy:scale=0.5 --spectrum power-law:alpha=0.2 --d 500 "
+        "--lr 0.6 --clip 0.4 --T 15 --runs 100 --seed 0 --out results --plot",
+        "clipped-trip simulate --batch 16 --clip-mode mean --lr 9.6 --clip 0.4 --out results",
+    ],
+    "ode": ["clipped-trip ode --noise cauchy:scale=0.5 --lr 0.6 --clip 0.4 --T 15 --out results"],
+    "sde": ["clipped-trip sde --noise cauchy:scale=0.5 --clip 0.4 --dt 0.01 --out results"],
+    "factors": ["clipped-trip factors --noise student-t:df=3 --risk 0.05,1 --clip 0.5,1.07,none"],
+    "criteria": [
+        "clipped-trip criteria --noise student-t:df=3 --risk 0.05 --clip 0.5,1.07,2 > criteria.csv",
+        "clipped-trip criteria --noise cauchy:scale=0.5 --risk 0.1 --clip 0.1,0.4,1 --out c --plot",
+    ],
+    "sweep": [
+        'clipped-trip sweep --noises "gaussian:std=0.5;cauchy:scale=0.5" --lrs 0.3,0.6 '
+        "--clips 0.4,none --d 200 --T 5 --out sweep --plot"
+    ],
+    "privacy": [
+        "clipped-trip privacy --epsilon 2 --delta 1e-5",
+        "clipped-trip privacy --epsilons 1,4,inf --delta 1e-5 --d 200 --T 5 --out dp --plot",
+    ],
+    "rerun": ["clipped-trip rerun results/simulate.json --out again"],
+    "phase": [
+        "clipped-trip phase --noises 'student-t:df=3,scale=0.5' --lrs 0.2,0.5,1 "
+        "--clips 0.3,1,none --T 10 --out phase --plot"
+    ],
+    "explore": ["clipped-trip explore --port 5006 --show"],
+    "reproduce": [
+        "clipped-trip reproduce --list",
+        "clipped-trip reproduce fig6 --quick --out figures",
+        "clipped-trip reproduce fig1 --help",
+    ],
+    "run-sweep": [
+        "clipped-trip run-sweep spec.toml --out store --backend dask --workers 2",
+        "clipped-trip run-sweep --out store   (resume: the spec stored there)",
+    ],
+}
+
+
+def _epilog(name, keys=True, config=True) -> str:
+    """Units, the TOML keys (commands with --config) and the examples of a command's --help."""
+    parts = [textwrap.fill(UNITS + (CONFIG_NOTE if config else ""), 79)]
+    if keys:
+        parts.append(keys_line(name))
+    parts += [f"example: {x}" for x in EXAMPLES[name]]
+    return "\n".join(parts)
 
 
 def cmd_run_sweep(args):
@@ -1657,28 +1987,41 @@ def cmd_run_sweep(args):
 
 
 def build_parser():
+    raw = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog="clipped-trip",
         description="Clipped streaming SGD on high-dimensional least squares, next to its ODE "
         "(arXiv 2406.11733).",
+        epilog=_epilog(None, keys=False, config=False),
+        formatter_class=raw,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name, help):
-        epilog = textwrap.fill(UNITS, 79) + "\n" + keys_line(name)
         return sub.add_parser(
             name,
             help=help,
-            description=help,
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=textwrap.fill(help, 79),
+            epilog=_epilog(name),
+            formatter_class=raw,
+        )
+
+    def other(name, help, description=None, **kwargs):
+        """A command without a TOML schema (demo, rerun, reproduce, run-sweep)."""
+        return sub.add_parser(
+            name,
+            help=help,
+            description=textwrap.fill(description or help, 79),
+            epilog=_epilog(name, keys=False, config=False),
+            formatter_class=raw,
+            **kwargs,
         )
 
     def flag(p, name, help):
         p.add_argument(name, action="store_true", default=None, help=help)
 
     def common(p, name):
-        p.add_argument("--config", metavar="FILE.toml", help="TOML file; options override it")
+        p.add_argument("--config", metavar="FILE.toml", help=CONFIG_HELP)
         if name == "sweep":
             p.add_argument("--noise", metavar="SPEC", help=NOISE_HELP + "; or --noises")
         else:
@@ -1845,13 +2188,23 @@ def build_parser():
             + ("; or --clips: several values of tau" if name == "sweep" else ""),
         )
 
-    p = sub.add_parser(
+    p = other(
         "demo",
-        help="figure 1 (paper size: d = 500, 100 runs; ~15 s on 2 cores) with a summary table",
+        "figure 1 (paper size: d = 500, 100 runs; ~15-20 s on 2 cores) with a summary table",
+        "Figure 1 of the paper at paper size (d = 500, 100 runs, Gaussian and Cauchy noise, lr "
+        "0.6, clip 0.4, T 15): clipped SGD, its SDE and ODE, and unclipped SGD; prints a table "
+        "of final risks and the largest SGD-vs-ODE gap, and the path of the PNG.",
     )
-    p.add_argument("--out", default="clipped_trip_demo", metavar="DIR", help="default %(default)s")
-    p.add_argument("--quick", action="store_true", help="smaller (d = 200, 20 runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--out",
+        default="clipped_trip_demo",
+        metavar="DIR",
+        help="output folder for fig1.png/.pdf/.npz/.json (default %(default)s)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smaller: d = 200, 20 runs (default: paper size)"
+    )
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     common(command("simulate", "clipped SGD Monte Carlo (unclipped unless --clip)"), "simulate")
     common(command("ode", "the deterministic risk ODE"), "ode")
     p = command("sde", "homogenized SGD (C-HSGD)")
@@ -1862,7 +2215,7 @@ def build_parser():
         ("criteria", "CCC, CSC, critical lr and the optimal clip at one risk"),
     ):
         p = command(name, help)
-        p.add_argument("--config", metavar="FILE.toml", help="TOML file; options override it")
+        p.add_argument("--config", metavar="FILE.toml", help=CONFIG_HELP)
         p.add_argument("--noise", metavar="SPEC", help=NOISE_HELP)
         if name == "factors":
             p.add_argument("--risk", metavar="R,...", help="risks R >= 0 (default 0.01,0.1,1,10)")
@@ -1894,13 +2247,13 @@ def build_parser():
         "The clip axis of the chosen --algorithm: c (clipped; dpsgd: finite), the initial c0 "
         "(quantile), tau in gradient units (value); autoclip and sign have none",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p = command(
         "privacy",
         "DP-SGD privacy accounting: the epsilon of a noise multiplier, the noise multiplier of "
         "an epsilon, or the privacy-utility table (the ODE-optimal clip and lr per epsilon)",
     )
-    p.add_argument("--config", metavar="FILE.toml", help="TOML file; options override it")
+    p.add_argument("--config", metavar="FILE.toml", help=CONFIG_HELP)
     p.add_argument(
         "--noise-multiplier",
         dest="noise_multiplier",
@@ -1921,7 +2274,7 @@ def build_parser():
         "(round(T D) steps x --batch examples), and that risk; slow: about 10-30 s per "
         "epsilon at d = 1000",
     )
-    p.add_argument("--delta", metavar="D", help="delta in (0, 1); required")
+    p.add_argument("--delta", metavar="D", help="delta in (0, 1); required (no default)")
     p.add_argument(
         "--sampling-rate",
         dest="sampling_rate",
@@ -1981,21 +2334,52 @@ def build_parser():
         metavar="DIR",
         help="also write privacy_utility.csv and its JSON sidecar here (default: print only)",
     )
-    flag(g, "--plot", "with --out: also a PNG of final risk and optimal clip vs epsilon")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    p = sub.add_parser(
+    flag(
+        g,
+        "--plot",
+        "with --out: also a PNG of final risk and optimal clip vs epsilon (default: no)",
+    )
+    g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    p = other(
         "rerun",
-        help="re-run a simulate / ode / sde result from its JSON sidecar (bit-identical)",
-        description="Re-run a simulate / ode / sde result from its JSON sidecar; the sidecar's "
+        "re-run a simulate / ode / sde result from its JSON sidecar (bit-identical)",
+        "Re-run a simulate / ode / sde result from its JSON sidecar; the sidecar's "
         "config is checked like a TOML config (every key of the command required).",
     )
-    p.add_argument("sidecar", metavar="FILE.json")
-    p.add_argument("--out", default="rerun", metavar="DIR", help="default %(default)s")
-    p = sub.add_parser("reproduce", help="regenerate a paper figure")
+    p.add_argument(
+        "sidecar",
+        metavar="FILE.json",
+        help="the JSON sidecar next to a result (e.g. results/simulate.json); its config and "
+        "seed are re-run",
+    )
+    p.add_argument(
+        "--out", default="rerun", metavar="DIR", help="output folder (default %(default)s)"
+    )
+    p = other(
+        "reproduce",
+        "regenerate a paper figure",
+        "Regenerate a figure (PNG, PDF, and its data as .npz + .json sidecar) into --out; "
+        "--list shows each figure with its run time. 'reproduce FIGURE --help' shows that "
+        "figure's own usage.",
+        add_help=False,
+    )
+    p.add_argument(
+        "-h", "--help", action=_FigureHelp, help="show this help (after FIGURE: that figure's)"
+    )
     p.add_argument("figure", nargs="?", metavar="FIGURE", help="figure id (see --list) or 'all'")
-    p.add_argument("--quick", action="store_true", help="small version (< 1 minute)")
-    p.add_argument("--out", default="figures", metavar="DIR", help="default %(default)s")
-    p.add_argument("--list", action="store_true", help="list figure ids")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small version (default: full size; run times in --list)",
+    )
+    p.add_argument(
+        "--out", default="figures", metavar="DIR", help="output folder (default %(default)s)"
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the figures: id, run time (full and --quick) and description",
+    )
     p.add_argument(
         "--data",
         metavar="DIR",
@@ -2003,20 +2387,126 @@ def build_parser():
         "(cifar-10-batches-bin; pickled python batches are refused; default: scikit-learn's "
         "bundled digits)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     from ._backends import add_arguments as _run_sweep_arguments
 
-    _run_sweep_arguments(
-        sub.add_parser(
-            "run-sweep",
-            help="run or resume a sweep spec (TOML/JSON) into a result store (--out DIR)",
-            description="Run a sweep spec (TOML or JSON: problem, algorithm, axes, runs) into "
-            "the result store --out DIR: one file per finished work unit, DIR/table.csv one row "
-            "per cell. The same command again resumes (finished units are skipped); SPEC may be "
-            "left out when DIR already holds one. --backend inprocess | devices | dask.",
-        )
+    p = other(
+        "run-sweep",
+        "run or resume a sweep spec (TOML/JSON) into a result store (--out DIR)",
+        "Run a sweep spec (TOML or JSON: problem, algorithm, axes, runs) into "
+        "the result store --out DIR: one file per finished work unit, DIR/table.csv one row "
+        "per cell. The same command again resumes (finished units are skipped); SPEC may be "
+        "left out when DIR already holds one. --backend inprocess | devices | dask.",
     )
+    _run_sweep_arguments(p)
+    _complete_help(p, RUN_SWEEP_HELP)
+    p = other(
+        "explore",
+        "local web app: ODE risk, factors, CCC / CSC, optimal clip, SGD band",
+        "Start a local web app at http://localhost:PORT (every resource served by it, no CDN; "
+        "no browser opens unless --show): controls for the noise law and its parameters, the "
+        "spectrum, d, lr, clip (a number, the max-CCC schedule or none) and T; the ODE risk "
+        "curve, mu, nu and CCC / CSC against c at the current risk, the optimal clip c*(R), and "
+        "on request an SGD band from a small simulation. Needs the explore extra: "
+        "pip install 'clipped_trip[explore]'. Ctrl-C stops it.",
+    )
+    p.add_argument("--port", type=int, default=5006, metavar="N", help="default %(default)s")
+    p.add_argument("--show", action="store_true", help="open the page in a web browser")
+    p = other(
+        "phase",
+        "ODE phase diagram: final risk over lr x clip (x noise) in one compiled program",
+        "Solve the risk ODE for a whole grid of cells (lr x clip, per noise law) in one compiled "
+        "JAX program (agrees with `ode` to ~1e-9); prints a CSV (one row per cell) and the best "
+        "cell. Clip c in residual units (gradient clipped at c sqrt(D), D = tr K), time "
+        "t = steps / D.",
+    )
+    p.add_argument(
+        "--noises",
+        default=DEFAULTS["noise"],
+        metavar="SPEC;SPEC",
+        help="noise laws separated by ';' (default %(default)s)",
+    )
+    p.add_argument(
+        "--spectrum",
+        default=DEFAULTS["spectrum"],
+        metavar="SPEC",
+        help="eigenvalues of K (default %(default)s)",
+    )
+    p.add_argument(
+        "--d", default=DEFAULTS["d"], type=int, metavar="N", help="dimension (default %(default)s)"
+    )
+    p.add_argument(
+        "--lrs",
+        default="0.2,0.4,0.6,0.8",
+        metavar="X,...",
+        help="learning rates gamma (step gamma / D; default %(default)s)",
+    )
+    p.add_argument(
+        "--clips",
+        default="0.3,1,none",
+        metavar="C,...",
+        help="clip thresholds c or none (default %(default)s)",
+    )
+    p.add_argument(
+        "--T",
+        default=DEFAULTS["T"],
+        type=float,
+        metavar="X",
+        help="horizon in t = steps / D (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch",
+        default=1,
+        type=int,
+        metavar="B",
+        help="examples per step, per-example clipping (default 1)",
+    )
+    p.add_argument(
+        "--algorithm",
+        default="clipped",
+        choices=("clipped", "dpsgd"),
+        help="clipped (ClippedSGD) or dpsgd (DPSGD; needs --noise-multiplier)",
+    )
+    p.add_argument(
+        "--noise-multiplier",
+        dest="noise_multiplier",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="DP-SGD noise multiplier sigma (default 0)",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        metavar="R",
+        help="also report the first time the risk reaches R (default: none)",
+    )
+    p.add_argument("--out", metavar="DIR", help="write phase.csv / phase.json there (optional)")
+    p.add_argument("--plot", action="store_true", help="with --out: a heat map phase.png")
     return parser
+
+
+#: fuller help for the options of run-sweep (defined in clipped_trip._backends)
+RUN_SWEEP_HELP = {
+    "out": "the result store folder (required): one file per finished work unit, table.csv one "
+    "row per cell; given again, the run resumes",
+    "backend": "where the work units run: inprocess (this process), devices (JAX devices, runs "
+    "sharded), dask (a local cluster with --workers, or --scheduler) (default inprocess)",
+    "workers": "dask: start a local cluster of N worker processes (default: one per core)",
+    "scheduler": "dask: join a running scheduler at tcp://host:port instead (default: none)",
+    "quiet": "no progress bar (default: show one)",
+}
+
+
+def _complete_help(parser, helps):
+    """Replace the help of ``parser``'s options named in ``helps`` (by dest); any option still
+    without help gets its dest, so that every option of every command says something."""
+    for action in parser._actions:
+        if action.dest in helps:
+            action.help = helps[action.dest]
+        elif not action.help:
+            action.help = action.dest.replace("_", " ")
 
 
 def _is_resource_exhausted(err) -> bool:
@@ -2054,6 +2544,8 @@ def main(argv=None) -> int:
         "reproduce": cmd_reproduce,
         "rerun": cmd_rerun,
         "demo": cmd_demo,
+        "explore": cmd_explore,
+        "phase": cmd_phase,
         "privacy": cmd_privacy,
         "run-sweep": cmd_run_sweep,
     }

@@ -1,7 +1,7 @@
 """Reproduce the critical-batch figure (SPEC section 8) (clipped_trip/_figures_batch.py).
 
-Usage: python experiments/critical_batch.py [--quick] [--out DIR]
-Same as: clipped-trip reproduce critical-batch)
+Usage: python experiments/critical_batch.py [--quick] [--out DIR] [--quiet]
+(same as: clipped-trip reproduce critical-batch; --help: its usage and run time)
 """
 
 import sys

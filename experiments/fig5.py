@@ -1,6 +1,7 @@
 """Reproduce figure fig5 of arXiv 2406.11733 (see clipped_trip/_figures.py and paper_notes.md).
 
-Usage: python experiments/fig5.py [--quick] [--out DIR]   (same as: clipped-trip reproduce fig5)
+Usage: python experiments/fig5.py [--quick] [--out DIR] [--quiet]
+(same as: clipped-trip reproduce fig5; --help: its usage and run time)
 """
 
 import sys

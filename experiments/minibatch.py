@@ -1,7 +1,7 @@
 """Reproduce the minibatch figure (SPEC section 8) (clipped_trip/_figures_batch.py).
 
-Usage: python experiments/minibatch.py [--quick] [--out DIR]
-Same as: clipped-trip reproduce minibatch)
+Usage: python experiments/minibatch.py [--quick] [--out DIR] [--quiet]
+(same as: clipped-trip reproduce minibatch; --help: its usage and run time)
 """
 
 import sys
