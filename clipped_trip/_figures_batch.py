@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from ._clipped_sgd import ClippedSGD
@@ -19,8 +19,25 @@ from ._noise import ThreePoint
 from ._ode import solve_ode
 from ._problem import Problem
 from ._simulate import simulate
+from ._style import (
+    BAND_COVERAGE,
+    GREY,
+    ODE,
+    OKABE_ITO,
+    ONE_LINE,
+    band_key,
+    figsize,
+    finite,
+    line_key,
+    subplots,
+)
 
-MODES = {"per-example": "C0", "mean": "C1"}
+MODES = {"per-example": OKABE_ITO["blue"], "mean": OKABE_ITO["vermillion"]}
+MODE_NAMES = {
+    "per-example": "per-example clipping",
+    "mean": "clip of the mean",
+    "unclipped": "unclipped",
+}
 
 
 def _heavy_problem(d):
@@ -36,35 +53,35 @@ def minibatch(quick=False, out=Path("figures"), seed=0, progress=True, **_):
     p = _heavy_problem(d)
     clip, lr_per_example = 0.2, 0.5  # gamma = 0.5 B: the linear scaling rule
     T = 2.0 if quick else 3.0
-    fig, axes = plt.subplots(
-        2, len(batches), figsize=(2.3 * len(batches), 4.6), gridspec_kw={"height_ratios": [3, 2]}
-    )
-    bottom = fig.add_subplot(2, 1, 2)
-    for ax in axes[1]:
-        ax.remove()
+    fig = Figure(figsize=figsize("two", 4.4), layout="constrained")
+    gs = fig.add_gridspec(2, len(batches), height_ratios=[3, 2])
+    axes_top = [fig.add_subplot(gs[0, i]) for i in range(len(batches))]
+    bottom = fig.add_subplot(gs[1, :])
     arrays, finals = {}, []
     bar = tqdm(total=len(batches) * 3, desc="minibatch", disable=not progress)
     for col, B in enumerate(batches):
-        ax = axes[0, col]
+        ax = axes_top[col]
         lr = lr_per_example * B
         row = {"B": B, "lr": lr}
-        for mode, color in [*MODES.items(), ("unclipped", "0.5")]:
+        for mode, color in [*MODES.items(), ("unclipped", GREY)]:
             alg = ClippedSGD(
                 lr,
                 None if mode == "unclipped" else clip,
                 batch=B,
                 clip_mode="per-example" if mode == "unclipped" else mode,
             )
-            sgd = simulate(p, alg, T=T, runs=runs, seed=seed, n_records=31)
-            ode = solve_ode(p, alg, times=sgd.t)
-            _band(ax, sgd, color, None if col else f"{mode} SGD")
-            ax.plot(
-                ode.t,
-                ode.risk,
-                "k--",
-                lw=0.8,
-                label=None if (col or mode != "mean") else "ODE / map",
+            sgd = simulate(
+                p,
+                alg,
+                T=T,
+                runs=runs,
+                seed=seed,
+                n_records=31,
+                progress=None if progress else False,
             )
+            ode = solve_ode(p, alg, times=sgd.t)
+            _band(ax, sgd, color, None, edges=True)
+            ax.plot(*finite(ode.t, ode.risk), **{**ODE, "lw": 0.8, "zorder": 5})
             arrays[f"B{B}_{mode}_sgd"] = sgd.risk
             arrays[f"B{B}_{mode}_ode"] = ode.risk
             arrays[f"B{B}_t"] = sgd.t
@@ -74,32 +91,46 @@ def minibatch(quick=False, out=Path("figures"), seed=0, progress=True, **_):
             bar.update()
         finals.append(row)
         ax.set_yscale("log")
-        ax.set_title(f"B = {B}, lr = {lr:g}", fontsize=9)
-        ax.set_xlabel("t = steps / D", fontsize=8)
-        ax.tick_params(labelsize=7)
-        if col == 0:
-            ax.set_ylabel("risk R", fontsize=8)
-            ax.legend(fontsize=6, loc="upper right")
+        same = " (modes equal)" if B == 1 else ""  # at B = 1 the two modes are one algorithm
+        ax.set_title(f"({'abcdefgh'[col]}) B = {B}{same}\nlr = {lr:g}")
+        ax.set_xlabel("t = steps / D")
+        ax.set_ylabel("risk R")
     bar.close()
     Bs = np.array([r["B"] for r in finals], dtype=float)
     for mode, color in MODES.items():
         ode_ratio = np.array([r[f"{mode}_ode"] / r["unclipped_ode"] for r in finals])
         sgd_ratio = np.array([r[f"{mode}_sgd"] / r["unclipped_sgd"] for r in finals])
-        bottom.plot(Bs, ode_ratio, "--", color=color, lw=1, label=f"{mode}: ODE")
-        bottom.plot(Bs, sgd_ratio, "o", color=color, ms=4, label=f"{mode}: SGD")
-    bottom.axhline(1.0, color="0.5", lw=0.8, ls=":")
+        bottom.plot(*finite(Bs, ode_ratio), **{**ODE, "color": color, "lw": 1.0})
+        bottom.plot(*finite(Bs, sgd_ratio), "o", color=color, ms=4)
+    bottom.axhline(1.0, **ONE_LINE)
     bottom.set_xscale("log", base=2)
     bottom.set_yscale("log")
-    bottom.set_xlabel("batch size B", fontsize=8)
-    bottom.set_ylabel("R(T) / unclipped R(T)", fontsize=8)
-    bottom.legend(fontsize=7, ncol=2)
-    bottom.tick_params(labelsize=7)
-    fig.suptitle(
-        f"two-level spectrum d = {d}, three-point noise (+-3, q = 0.2), c = {clip}, "
-        f"lr = {lr_per_example} B, {runs} runs (80% bands)",
-        fontsize=9,
+    bottom.set_xlabel("batch size B")
+    bottom.set_ylabel("R(T) / unclipped R(T)")
+    bottom.set_title(
+        f"({'abcdefgh'[len(batches)]}) final risk relative to unclipped SGD, T = {T:g}"
     )
-    fig.tight_layout()
+    bottom.legend(
+        handles=[
+            line_key("ODE / map (dashed)", color="k", ls=ODE["ls"], lw=1.0),
+            line_key("SGD mean (dots)", color="k", ls="none", marker="o", ms=4),
+            line_key("1 = no gain from clipping", **ONE_LINE),
+        ],
+        loc="lower left",
+    )
+    fig.legend(
+        handles=[
+            *(line_key(MODE_NAMES[m] + " SGD", color=c) for m, c in MODES.items()),
+            line_key("unclipped SGD", color=GREY),
+            band_key(BAND_COVERAGE, runs)[1],
+            line_key("ODE / one-step map", **ODE),
+        ],
+        loc="outside upper center",
+        ncol=3,
+        frameon=False,
+        title=f"two-level spectrum d = {d}, three-point noise (+-3, q = 0.2), c = {clip}, "
+        f"lr = {lr_per_example} B (linear scaling); lines: mean over {runs} runs",
+    )
     params = {
         "d": d,
         "runs": runs,
@@ -142,7 +173,7 @@ def critical_batch_figure(quick=False, out=Path("figures"), seed=0, progress=Tru
         for m, c in methods.items():
             mode = "per-example" if m == "unclipped" else m
             # the fastest rate on the ODE / map: a log grid up to the stiffest mode's limit
-            lrs = np.geomspace(0.05, 2.0 * p.D / lam_max, 8 if quick else 24)
+            lrs = np.geomspace(0.05, 2.0 * p.D / lam_max, 5 if quick else 24)
             best = (math.inf, None)
             cache = {}
             for lr in lrs:
@@ -158,7 +189,14 @@ def critical_batch_figure(quick=False, out=Path("figures"), seed=0, progress=Tru
             if lr_best is not None:
                 alg = ClippedSGD(lr_best, c, batch=B, clip_mode=mode)
                 horizon = 2.0 * steps_ode / p.D + 2.0 / p.D
-                sgd = simulate(p, alg, times=np.linspace(0, horizon, 200), runs=runs, seed=seed)
+                sgd = simulate(
+                    p,
+                    alg,
+                    times=np.linspace(0, horizon, 200),
+                    runs=runs,
+                    seed=seed,
+                    progress=None if progress else False,  # quiet when the figure is
+                )
                 sgd_steps = _steps_to(sgd.mean(), sgd.t, target, p.D)
             results[m].append(
                 {
@@ -171,8 +209,8 @@ def critical_batch_figure(quick=False, out=Path("figures"), seed=0, progress=Tru
             )
             bar.update()
     bar.close()
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0))
-    colors = {**MODES, "unclipped": "0.4"}
+    fig, axes = subplots(1, 2, width="two", height=2.9)
+    colors = {**MODES, "unclipped": GREY}
     arrays = {"batches": np.array(batches)}
     for m, rows in results.items():
         Bs = np.array([r["B"] for r in rows], dtype=float)
@@ -180,10 +218,11 @@ def critical_batch_figure(quick=False, out=Path("figures"), seed=0, progress=Tru
         ss = np.array([r["steps_sgd"] for r in rows])
         arrays[f"{m}_steps_ode"], arrays[f"{m}_steps_sgd"] = so, ss
         arrays[f"{m}_lr"] = np.array([np.nan if r["lr"] is None else r["lr"] for r in rows])
-        axes[0].plot(Bs, so, "--", color=colors[m], lw=1, label=f"{m} (ODE / map)")
-        axes[0].plot(Bs, ss, "o", color=colors[m], ms=3.5, label=f"{m} (SGD)")
-        axes[1].plot(Bs, Bs * so, "--", color=colors[m], lw=1)
-        axes[1].plot(Bs, Bs * ss, "o", color=colors[m], ms=3.5)
+        # a target not reached (inf steps) or no usable lr (NaN) is left out, said below
+        axes[0].plot(*finite(Bs, so), **{**ODE, "color": colors[m]})
+        axes[0].plot(*finite(Bs, ss), "o", color=colors[m])
+        axes[1].plot(*finite(Bs, Bs * so), **{**ODE, "color": colors[m]})
+        axes[1].plot(*finite(Bs, Bs * ss), "o", color=colors[m])
     marks = {
         "per-example": critical_batch(p, clip, risk=target),
         "mean": critical_batch(p, clip, risk=target, clip_mode="mean"),
@@ -195,18 +234,37 @@ def critical_batch_figure(quick=False, out=Path("figures"), seed=0, progress=Tru
                 ax.axvline(b, color=colors[m], ls=":", lw=0.9)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("batch size B", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0].set_ylabel(f"steps to R = {target:.3g}", fontsize=8)
-    axes[1].set_ylabel("samples (B x steps)", fontsize=8)
-    axes[0].legend(fontsize=6)
-    crit = ", ".join(f"{m} {b:.3g}" for m, b in marks.items())
-    fig.suptitle(
-        f"two-level d = {d}, three-point noise, c = {clip}, best lr per B on the ODE / map\n"
-        f"dotted: critical batch (gradient noise scale at the target: {crit})",
-        fontsize=8,
+        ax.set_xlabel("batch size B")
+    axes[0].set_ylabel(f"steps to R = {target:.3g}")
+    axes[1].set_ylabel("samples (B x steps)")
+    axes[0].set_title("(a) steps to the target")
+    axes[1].set_title("(b) samples to the target")
+    missing = [
+        f"{m} B = {r['B']}"
+        for m, rows in results.items()
+        for r in rows
+        if not r["steps_ode"] < 1e300
+    ]
+    crit = ", ".join(f"{MODE_NAMES[m]} {b:.3g}" for m, b in marks.items())
+    handles = [
+        *(line_key(MODE_NAMES[m], color=c, lw=2.0) for m, c in colors.items()),
+        line_key("ODE / map at its best lr (dashed)", color="k", ls=ODE["ls"], lw=1.0),
+        line_key(f"SGD at that lr, mean of {runs} runs (dots)", color="k", ls="none", marker="o"),
+        line_key("critical batch (dotted, where <= 2 max B)", color="k", ls=":", lw=0.9),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside upper center",
+        ncol=3,
+        frameon=False,
+        title=f"two-level d = {d}, three-point noise, c = {clip}, best lr per B on the ODE / map\n"
+        f"critical batch at the target: {crit}"
+        + (
+            f"\ntarget not reached (ODE / map, at any lr of the grid): {', '.join(missing)}"
+            if missing
+            else ""
+        ),
     )
-    fig.tight_layout()
     params = {
         "d": d,
         "runs": runs,
