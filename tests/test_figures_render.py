@@ -8,8 +8,8 @@ and the ``Figure`` it saved (``_figures.last_figure``) is checked:
 * the axis limits contain the finite data drawn (nothing drawn off the axes), and nothing <= 0
   sits on a log axis;
 * every axes with data has an x and a y label (a colour bar: a label on its long axis);
-* where an axes draws several series (lines of two or more colours), a legend is there (its own
-  or the figure's);
+* where an axes draws several series (lines of two or more colours), a legend is there (its own,
+  the figure's or another panel's: one legend may serve several panels);
 * readable ticks: at least two labelled y ticks in view and no "5.2x10^0" style label (a
   mantissa times 10^k with |k| <= 3, which reads better plainly);
 * the PDF embeds its fonts as TrueType (pdf.fonttype 42), no Type 3 fonts.
@@ -122,7 +122,9 @@ def _check_axes(ax, name, k):
 
 
 def _check_figure(fig, name):
-    fig_legend_texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    # a legend of the figure or of any of its panels (one panel's legend may serve them all)
+    legends = list(fig.legends) + [a.get_legend() for a in fig.get_axes() if a.get_legend()]
+    legend_texts = [t.get_text() for leg in legends for t in leg.get_texts() if t.get_text()]
     for k, ax in enumerate(fig.get_axes()):
         if not ax.get_visible():
             continue
@@ -137,9 +139,7 @@ def _check_figure(fig, name):
         assert ax.get_xlabel().strip(), f"{where}: no x label"
         assert ax.get_ylabel().strip(), f"{where}: no y label"
         if len(colors) >= 2:
-            own = ax.get_legend()
-            texts = [t.get_text() for t in own.get_texts()] if own is not None else []
-            assert len([t for t in texts + fig_legend_texts if t.strip()]) >= 2, (
+            assert len(legend_texts) >= 2, (
                 f"{where}: {len(colors)} series drawn but no legend names them"
             )
         # readable ticks: two or more labelled y ticks in view, no "5.2 x 10^0"
