@@ -170,7 +170,11 @@ def _check_ode_work(eq, alg, t_req, method, d, max_steps):
     elif method.lower() == "rk4":
         return  # fixed steps: the caller chose dt
     else:
-        est = T * 2.0 * eq.h_bound(T) * eq.D / 3.0 + 100.0
+        try:  # the stiffness gamma mu lambda_max / D where the equivalent bounds mu
+            h = eq.h_bound(T, with_mu=True)
+        except TypeError:
+            h = eq.h_bound(T)
+        est = T * 2.0 * h * eq.D / 3.0 + 100.0
     if not est <= limit:
         raise ValueError(
             f"solve_ode: T = {T:.3g} needs about {est:.3g} solver steps (x d = {d}: "

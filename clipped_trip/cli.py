@@ -926,17 +926,54 @@ def _jsonable(cfg, command):
     return {k: cfg[k] for k in SCHEMAS[command] if cfg.get(k) is not None or k == "clip"}
 
 
-def _plot_paths(result, title):
+def _plot_title(kind, cfg, alg, problem) -> str:
+    """What the run was: command, algorithm, lr, clip, batch, noise, spectrum, d (two lines)."""
+    desc = alg.describe()
+    parts = [f"{kind}: {desc.get('algorithm', type(alg).__name__)}", f"lr {desc.get('lr')}"]
+    for key in ("clip", "clip_value", "quantile", "clip_lr", "percentile", "noise_multiplier"):
+        if desc.get(key) is not None:
+            parts.append(f"{key.replace('_', ' ')} {desc[key]}")
+    if desc.get("batch", 1) != 1:
+        parts.append(f"batch {desc['batch']} ({desc.get('clip_mode')})")
+    line2 = f"noise {cfg['noise']}, {cfg['spectrum']}, d = {problem.d}, D = {problem.D:.4g}"
+    return ", ".join(str(p) for p in parts) + "\n" + line2
+
+
+def _plot_paths(result, title, ode=None):
+    """Risk paths: SGD/SDE mean and 80% band with the ODE overlaid (its max gap in the legend),
+    or the ODE alone; log y axis with several labelled ticks."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     r = result.risk if result.risk.ndim == 2 else result.risk[None, :]
     if result.risk.ndim == 2:
         lo, hi = result.band(0.8, exclude_diverged=True)
-        ax.fill_between(result.t, lo, hi, alpha=0.3, lw=0)
-        ax.plot(result.t, result.mean(exclude_diverged=True), label="mean (finite runs)")
-        for i in np.flatnonzero(result.diverged)[:10]:  # diverged runs: their finite part
+        mean = result.mean(exclude_diverged=True)
+        ax.fill_between(
+            result.t,
+            lo,
+            hi,
+            alpha=0.3,
+            lw=0,
+            color="C0",
+            label=f"80% band of {result.runs} runs (10%-90% quantiles)",
+        )
+        ax.plot(result.t, mean, color="C0", label="mean over runs (finite runs)")
+        if ode is not None:
+            ok = np.isfinite(ode.risk) & np.isfinite(mean) & (result.t > 0)
+            gap = float(np.max(np.abs(mean[ok] / ode.risk[ok] - 1))) if ok.any() else float("nan")
+            fin = np.isfinite(ode.risk)
+            ax.plot(
+                ode.t[fin],
+                ode.risk[fin],
+                "k--",
+                lw=1.2,
+                label=f"ODE (max |mean/ODE - 1| = {100 * gap:.2g}%)",
+            )
+        diverged = np.flatnonzero(result.diverged)
+        for i in diverged[:10]:  # diverged runs: their finite part
             ok = np.isfinite(r[i])
             ax.plot(
                 result.t[ok],
@@ -944,24 +981,23 @@ def _plot_paths(result, title):
                 color="C3",
                 lw=0.6,
                 alpha=0.6,
-                label="diverged runs (until they diverge)"
-                if i == np.flatnonzero(result.diverged)[0]
-                else None,
+                label="diverged runs (until they diverge)" if i == diverged[0] else None,
             )
         if result.diverged.any():
-            ax.set_title(f"{title}\n{result.divergence_report()}", color="C3", fontsize=9)
-        else:
-            ax.set_title(title)
+            title = f"{title}\n{result.divergence_report()}"
     else:
         finite = np.isfinite(r[0])
-        ax.plot(result.t[finite], r[0][finite], label="ODE")
-        ax.set_title(
-            title + (f"\ndiverged at t = {result.divergence_time:.3g}" if result.diverged else "")
-        )
+        ax.plot(result.t[finite], r[0][finite], "k--", label="ODE")
+        if result.diverged:
+            title += f"\ndiverged at t = {result.divergence_time:.3g}"
+    ax.set_title(title, fontsize=8)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.2, not 2 x 10^-1
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("t = steps / D")
-    ax.set_ylabel("excess risk")
-    ax.legend()
+    ax.set_ylabel("excess risk R")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -1021,6 +1057,18 @@ def _algorithm_lines(cfg, alg, res, kind) -> list[str]:
     return lines
 
 
+def _overlay_ode(res, kind, problem, alg):
+    """The ODE at the Monte Carlo record times, for the plot (None where it has none)."""
+    if kind == "ode":
+        return None
+    from . import solve_ode
+
+    try:
+        return solve_ode(problem, alg, times=res.t)
+    except (ValueError, OverflowError, RuntimeError):
+        return None
+
+
 def run_simulate(cfg, kind):
     from . import simulate, simulate_sde, solve_ode
 
@@ -1043,7 +1091,9 @@ def run_simulate(cfg, kind):
         cfg,
         kind,
         kind,
-        lambda: _plot_paths(res, f"{kind}: {problem!r}"[:90]),
+        lambda: _plot_paths(
+            res, _plot_title(kind, cfg, alg, problem), _overlay_ode(res, kind, problem, alg)
+        ),
         _algorithm_meta(cfg, alg),
     )
     final = res.risk[..., -1]
@@ -1233,25 +1283,29 @@ def _slug(spec: str, used: set) -> str:
 
 
 def _sweep_plot(grids, lrs, clips, xlabel="clip c (residual units)", no_axis=False):
-    """Heat map of log10 mean final risk over (lr, clip), one panel per noise law (``no_axis``:
-    an algorithm without a clip axis)."""
+    """Heat maps of log10 final risk over (lr, clip) on one colour scale, one panel per entry of
+    ``grids`` [(title, grid)] (sweep: SGD beside ODE per noise law; ``no_axis``: an algorithm
+    without a clip axis)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     n = len(grids)
     fig, axes = plt.subplots(1, n, figsize=(1.5 + 3.2 * n, 3.2), squeeze=False)
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    for ax, (spec, grid) in zip(axes[0], grids):
-        with np.errstate(all="ignore"):
-            z = np.ma.masked_invalid(np.log10(grid))
-        im = ax.imshow(z, origin="lower", aspect="auto", cmap=cmap)
+    with np.errstate(all="ignore"):
+        logs = [np.log10(np.asarray(g, dtype=float)) for _, g in grids]
+    finite = np.concatenate([v[np.isfinite(v)] for v in logs] + [np.zeros(0)])
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (None, None)
+    for ax, (spec, _grid), lz in zip(axes[0], grids, logs):
+        z = np.ma.masked_invalid(lz)
+        im = ax.imshow(z, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
         ticks = ["-" if no_axis else "none" if c is None else f"{c:g}" for c in clips]
         ax.set_xticks(range(len(clips)), ticks)
         ax.set_yticks(range(len(lrs)), [f"{x:g}" for x in lrs])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("lr")
         ax.set_title(spec[:40], fontsize=9)
-        fig.colorbar(im, ax=ax, label="log10 mean final risk (grey: diverged)")
+        fig.colorbar(im, ax=ax, label="log10 (mean) final risk (grey: diverged / none)")
     fig.tight_layout()
     return fig
 
@@ -1303,12 +1357,15 @@ def cmd_sweep(args):
         meta = {"command": "sweep", "config": {**record, "noise": spec}, "noise": spec, **extra}
         save_result(res, out / f"sweep_{_slug(spec, used)}.npz", extra=meta)
         grid = np.empty((len(lrs), len(clips)))
+        ode_grid = np.full((len(lrs), len(clips)), np.nan)  # NaN: no ODE for that cell
         caches = [{} for _ in clips]  # ODE factor tables, shared along the lr axis of a clip
         for i, lr in enumerate(lrs):
             for j, c in enumerate(clips):
                 cell = res.risk[i, j]
                 grid[i, j] = float(np.mean(cell[:, -1]))
                 ode_final = _sweep_ode_final(problem, base, lr, c, res.t, caches[j])
+                if ode_final is not None:
+                    ode_grid[i, j] = ode_final
                 row = {
                     "noise": spec,
                     "lr": lr,
@@ -1328,7 +1385,8 @@ def cmd_sweep(args):
                         values = np.asarray(res.stats[stat][i, j])[:, -1]
                         row[f"final_mean_{stat}"] = float(np.nanmean(values))
                 rows.append(row)
-        grids.append((spec, grid))
+        grids.append((f"SGD: {spec}", grid))
+        grids.append((f"ODE: {spec}", ode_grid))  # beside it, same colour scale
         # the table so far, rewritten atomically after each noise law: an interrupted sweep
         # keeps every finished law in sweep.csv (and its npz + sidecar)
         text = _csv_text(rows)
