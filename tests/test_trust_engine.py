@@ -161,7 +161,10 @@ def test_slices_are_bit_identical_and_compile_once(monkeypatch):
 
 SIGINT_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # Python's own Ctrl-C handler, whatever disposition the test process handed down (a parent
+    # that ran a Dask cluster may leave SIGINT ignored, which exec keeps)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import clipped_trip as ct
     p = ct.Problem.isotropic(20000, ct.Gaussian(0.5))
     ct.simulate(p, 0.5, 1.0, T=0.01, runs=16, n_records=3, progress=False)  # compile
