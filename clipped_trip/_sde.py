@@ -153,6 +153,24 @@ def _sde_slice(inputs, rows, keys, x, bounds, mode):
     return jax.vmap(one_run)(rows, keys, x)
 
 
+def _sde_params(alg, problem, t, dt, runs, seed, first_run, dtype) -> dict:
+    """The JSON-friendly parameters of an SDE result (both SDE paths write the same)."""
+    desc = alg.describe()
+    return {
+        "kind": "sde",
+        "lr": desc.get("lr"),
+        "clip": desc.get("clip"),
+        "algorithm": desc,
+        "dt": dt,
+        "T": float(t[-1]),
+        "runs": runs,
+        "seed": seed,
+        "first_run": first_run,
+        "dtype": str(dtype),
+        "problem": problem.describe(),
+    }
+
+
 def simulate_sde(
     problem: Problem,
     algorithm=None,
@@ -355,20 +373,7 @@ def simulate_sde(
         risk = run_segmented(call, init, steps, len(cell_of), clock)[None, :runs]
     t = steps * dt  # the times actually simulated (record times rounded to multiples of dt)
     risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
-    desc = alg.describe()
-    params = {
-        "kind": "sde",
-        "lr": desc.get("lr"),
-        "clip": desc.get("clip"),
-        "algorithm": desc,
-        "dt": dt,
-        "T": float(t[-1]),
-        "runs": runs,
-        "seed": seed,
-        "first_run": first_run,
-        "dtype": str(dtype),
-        "problem": problem.describe(),
-    }
+    params = _sde_params(alg, problem, t, dt, runs, seed, first_run, dtype)
     return RiskPaths(t, risk, diverged, when, params)
 
 
@@ -519,18 +524,5 @@ def _simulate_bias_sde(
     stats = {k: v[:runs] for k, v in records.items()}
     risk, diverged, when = mark_divergence(risk, t, threshold)
     stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
-    desc = alg.describe()
-    params = {
-        "kind": "sde",
-        "lr": desc.get("lr"),
-        "clip": desc.get("clip"),
-        "algorithm": desc,
-        "dt": dt,
-        "T": float(t[-1]),
-        "runs": runs,
-        "seed": seed,
-        "first_run": first_run,
-        "dtype": str(dtype),
-        "problem": problem.describe(),
-    }
+    params = _sde_params(alg, problem, t, dt, runs, seed, first_run, dtype)
     return RiskPaths(t, risk, diverged, when, params, stats=stats)
