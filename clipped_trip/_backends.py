@@ -453,9 +453,9 @@ def _run_dask(store, pending, progress, workers, scheduler):
     cluster = None
     if scheduler is None:
         cluster = local_cluster(workers)
-        client = distributed.Client(cluster)
+        client = distributed.Client(cluster, set_as_default=False)
     else:
-        client = distributed.Client(scheduler)
+        client = distributed.Client(scheduler, set_as_default=False)
     spec_json = store.spec.to_json()
     x64 = bool(jax.config.jax_enable_x64)
     tag = store.spec.fingerprint[:12]
@@ -475,7 +475,9 @@ def _run_dask(store, pending, progress, workers, scheduler):
             )
             for u in pending
         ]
-        for fut in distributed.as_completed(futures):
+        # as_completed waits on the default client's loop unless told: a process that already
+        # holds a Client (a notebook, a test) would bind a lost-and-retried future to the wrong loop
+        for fut in distributed.as_completed(futures, loop=client.loop):
             computed.append(fut.result())
             progress.update()
     except BaseException:
