@@ -204,5 +204,7 @@ def test_dask_worker_killed_mid_sweep_still_completes(tmp_path):
         assert killed["keys"]
         pids = client.run(os.getpid)
         assert killed["pid"] not in pids.values()  # the nanny started a new worker
+        # run_sweep's own client neither replaced nor cleared the caller's default client
+        assert distributed.default_client() is client
     assert len(res.computed) == len(spec.units()) == 4
     assert_equals_simulate(spec, res)
