@@ -200,7 +200,9 @@ def test_ctrl_c_stops_a_long_simulation_within_seconds():
             proc.kill()
     assert proc.returncode == 130, (out, err)
     assert "interrupted" in out
-    assert stopped < 3.0, stopped
+    # a slice is ~1 s of work; 10 s leaves room for a loaded CI box and still fails if the
+    # interrupt waited for the ~30 s run to end
+    assert stopped < 10.0, stopped
 
 
 # ---------------------------------------------------------------------------------------------
