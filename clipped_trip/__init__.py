@@ -68,7 +68,7 @@ from ._store import SweepResult, load_sweep
 from ._sweep_spec import SweepSpec
 from ._value_clip import SignSGD, ValueClipSGD
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Algorithm",

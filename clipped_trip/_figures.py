@@ -171,7 +171,9 @@ def fig1(quick=False, out=Path("figures"), seed=0, d=None, runs=None, progress=T
     arrays, table = {}, []
     for k, (title, noise) in enumerate(cases):
         p = haar_problem(d, 0.2, noise, seed)
-        steps = tqdm(total=5, desc=f"fig1 {title}", disable=not progress, leave=False)
+        steps = tqdm(
+            total=5, desc=f"fig1 {title}", disable=not progress, leave=False, mininterval=0
+        )
         sgd = simulate(p, lr, clip, T=T, runs=runs, seed=seed)
         steps.update()
         sgd_u = simulate(p, lr, None, T=T, runs=runs, seed=seed)

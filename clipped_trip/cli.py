@@ -1974,7 +1974,8 @@ def cmd_demo(args):
 NOISE_HELP = (
     "noise law spec (default gaussian:std=0.5), e.g. gaussian:std=0.5, cauchy:scale=0.5, "
     "student-t:df=3,scale=1, laplace:scale=1, uniform:half_width=1, exponential:scale=1, "
-    "three-point:value=2,q=0.2, discrete:values=-1/2,probs=0.3/0.7"
+    "three-point:value=2,q=0.2, discrete:values=-1/2,probs=0.3/0.7, "
+    "mixture:weights=0.9/0.1,means=0/0,stds=0.5/5"
 )
 UNITS = "Units: D = tr K; the step is lr / D; time t = steps / D; the clip c is in residual units "
 UNITS += "(the gradient is clipped at norm c sqrt(D))."
