@@ -270,8 +270,8 @@ def _device_wave(store, wave, mesh, sharded, chunk, progress):
         resolve_dtype,
         run_segmented,
     )
-    from ._results import RiskPaths, divergence_limit, mark_divergence
-    from ._simulate import _init_carry, _legacy_fields, infinite_mean_from, problem_model
+    from ._results import divergence_limit
+    from ._simulate import RunSettings, _init_carry, problem_model, sgd_paths
 
     spec = store.spec
     n_dev = mesh.devices.size
@@ -340,25 +340,21 @@ def _device_wave(store, wave, mesh, sharded, chunk, progress):
     for unit, alg in zip(wave, algs):
         sl = slice(start, start + unit.runs)
         start += unit.runs
-        risk, diverged, when = mark_divergence(named["risk"][sl], t_true, threshold)
         stats = {k: v[sl] for k, v in named.items() if k != "risk"}
-        if "population_risk" in stats:
-            stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
-        params = {
-            "kind": "sgd",
-            **_legacy_fields(alg),
-            "algorithm": alg.describe(),
-            "T": float(t_true[-1]),
-            "runs": unit.runs,
-            "seed": spec.seed,
-            "first_run": unit.first_run,
-            "dtype": str(spec.dtype),
-            "problem": problem.describe(),
-        }
-        inf_from = infinite_mean_from(problem.noise, alg, int(steps[-1]), D)
-        if inf_from is not None:
-            params["infinite_mean_from"] = inf_from
-        res = RiskPaths(t_true, risk, diverged, when, params, samples=batch * steps, stats=stats)
+        # the settings of compute_unit's simulate call: simulate's own post-processing and params
+        settings = RunSettings(
+            T=spec.T,
+            runs=unit.runs,
+            seed=spec.seed,
+            times=None,
+            n_records=spec.n_records,
+            dtype=spec.dtype,
+            first_run=unit.first_run,
+            threshold=None,
+            chunk=chunk,
+        )
+        risk = named["risk"][sl]
+        res = sgd_paths(problem, alg, settings, t_true, steps, batch, risk, stats, threshold)
         store.write_unit(unit, res, _unit_extra(spec, unit, problem, alg, t_true))
         computed.append(unit.id)
         progress.update()

@@ -15,6 +15,7 @@ References: arXiv 2406.11733, homogenized SGD for clipped SGD (C-HSGD), Sec. 3; 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -153,22 +154,55 @@ def _sde_slice(inputs, rows, keys, x, bounds, mode):
     return jax.vmap(one_run)(rows, keys, x)
 
 
-def _sde_params(alg, problem, t, dt, runs, seed, first_run, dtype) -> dict:
-    """The JSON-friendly parameters of an SDE result (both SDE paths write the same)."""
-    desc = alg.describe()
-    return {
-        "kind": "sde",
-        "lr": desc.get("lr"),
-        "clip": desc.get("clip"),
-        "algorithm": desc,
-        "dt": dt,
-        "T": float(t[-1]),
-        "runs": runs,
-        "seed": seed,
-        "first_run": first_run,
-        "dtype": str(dtype),
-        "problem": problem.describe(),
-    }
+@dataclass(frozen=True, eq=False)
+class _SdeRun:
+    """The checked run settings of one simulate_sde call: built once, read by both SDE paths
+    (the tables path and the non-centred one) so that neither repeats the list."""
+
+    t: np.ndarray  # the record times asked for
+    steps: np.ndarray  # their step indices (times rounded to multiples of dt)
+    n_steps: int
+    dt: float
+    runs: int
+    seed: int
+    first_run: int
+    chunk: int
+    dtype_: object  # the resolved dtype of the arrays
+    threshold: float
+    progress: object
+    dtype: object  # as the caller gave it (written into params)
+
+    def chunks(self):
+        """The run keys, and each chunk's cells and runs (one cell)."""
+        keys = run_keys(self.seed, self.first_run, self.runs)
+        cell_of, run_of = chunk_items(1, self.runs, self.chunk)
+        return keys, cell_of, run_of
+
+    def segmented(self, problem, call, init, n_chunks):
+        """run_segmented over the chunks, with the progress clock and the out-of-memory message
+        of simulate_sde."""
+        clock = SliceClock(
+            n_chunks * self.n_steps, 8e-9 * self.chunk * problem.d, self.progress, "simulate_sde"
+        )
+        with out_of_memory_as_value_error("simulate_sde", "runs, n_records, d or T / dt"):
+            return run_segmented(call, init, self.steps, n_chunks, clock)
+
+    def params(self, alg, problem, t) -> dict:
+        """The JSON-friendly parameters of an SDE result (both SDE paths write the same)."""
+        desc = alg.describe()
+        return {
+            "kind": "sde",
+            "lr": desc.get("lr"),
+            "clip": desc.get("clip"),
+            "algorithm": desc,
+            "dt": self.dt,
+            "T": float(t[-1]),
+            "runs": self.runs,
+            "seed": self.seed,
+            "first_run": self.first_run,
+            "dtype": str(self.dtype),
+            "problem": problem.describe(),
+        }
 
 
 def simulate_sde(
@@ -252,25 +286,12 @@ def simulate_sde(
     )
     check_work("simulate_sde", float(n_items) * n_steps * problem.d, max_work, "runs, T / dt or d")
     step_t = np.arange(n_steps) * dt if scheduled else np.zeros(1)
+    run = _SdeRun(
+        t, steps, n_steps, dt, runs, seed, first_run, chunk, dtype_, threshold, progress, dtype
+    )
     eq = alg.deterministic(problem, use_table=False)
     if getattr(eq, "bias_sde", False):  # non-centred data / perturbation (SPEC 10)
-        return _simulate_bias_sde(
-            problem,
-            alg,
-            eq,
-            t,
-            steps,
-            n_steps,
-            dt,
-            runs,
-            seed,
-            first_run,
-            chunk,
-            dtype_,
-            threshold,
-            progress,
-            dtype,
-        )
+        return _simulate_bias_sde(problem, alg, eq, run)
     if getattr(eq, "no_sde", None):
         raise ValueError(eq.no_sde)
     lr_tab = (
@@ -355,10 +376,8 @@ def simulate_sde(
         inputs["dp"] = f(sigma_dp / alg.samples_per_step())
         if mode == "risk":
             inputs["dp_clip"] = f(time_schedule_values("clip", clip, np.zeros(1))[0])
-    keys = run_keys(seed, first_run, runs)
-    cell_of, run_of = chunk_items(1, runs, chunk)
+    keys, cell_of, run_of = run.chunks()
     tables = inputs.pop("tables")
-    clock = SliceClock(len(cell_of) * n_steps, 8e-9 * chunk * problem.d, progress, "simulate_sde")
     rows_of = {}
 
     def init(ci):
@@ -369,12 +388,10 @@ def simulate_sde(
     def call(ci, x, bounds):
         return _sde_slice(inputs, rows_of[ci], keys[run_of[ci]], x, bounds, mode)
 
-    with out_of_memory_as_value_error("simulate_sde", "runs, n_records, d or T / dt"):
-        risk = run_segmented(call, init, steps, len(cell_of), clock)[None, :runs]
+    risk = run.segmented(problem, call, init, len(cell_of))[None, :runs]
     t = steps * dt  # the times actually simulated (record times rounded to multiples of dt)
     risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
-    params = _sde_params(alg, problem, t, dt, runs, seed, first_run, dtype)
-    return RiskPaths(t, risk, diverged, when, params)
+    return RiskPaths(t, risk, diverged, when, run.params(alg, problem, t))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,23 +469,7 @@ def _sde_bias_slice(inputs, keys, x, bounds):
     return jax.vmap(one_run)(keys, x)
 
 
-def _simulate_bias_sde(
-    problem,
-    alg,
-    eq,
-    t,
-    steps,
-    n_steps,
-    dt,
-    runs,
-    seed,
-    first_run,
-    chunk,
-    dtype_,
-    threshold,
-    progress,
-    dtype,
-):
+def _simulate_bias_sde(problem, alg, eq, run: _SdeRun):
     if not (is_constant(alg.lr) and is_constant(alg.clip)):
         raise ValueError(
             "simulate_sde: with data_mean or perturbation, lr and clip must be constant numbers"
@@ -480,7 +481,7 @@ def _simulate_bias_sde(
         time_schedule_values("clip", alg.clip, np.zeros(1), allow_inf=True, allow_none=True)[0]
     )
     # the (R, r) window from the deterministic path, widened for the runs' spread
-    ode = solve_ode(problem, alg, times=t)
+    ode = solve_ode(problem, alg, times=run.t)
     R_ok = ode.risk[np.isfinite(ode.risk)]
     ref = max(float(R_ok.max()), 1e-12)
     R_lo, R_hi = max(float(R_ok.min()), 1e-8 * ref) / 100.0, ref * 100.0
@@ -489,7 +490,7 @@ def _simulate_bias_sde(
     log_r, r_grid, tabs = _bias_tables(
         eq, lr, c, R_lo, R_hi, float(r_path.min()) - spread, float(r_path.max()) + spread
     )
-    f = lambda a: jnp.asarray(a, dtype_)  # noqa: E731
+    f = lambda a: jnp.asarray(a, run.dtype_)  # noqa: E731
     B = alg.samples_per_step()
     sigma = float(getattr(eq, "sigma_dp", 0.0))
     dp2 = (sigma * c / B) ** 2 if sigma > 0 else 0.0  # DP-SGD: gamma (sigma c / B) dB' per coord
@@ -497,7 +498,7 @@ def _simulate_bias_sde(
         "lam": f(problem.eigenvalues),
         "m": f(eq.m),
         "lr": f(lr),
-        "dt": f(dt),
+        "dt": f(run.dt),
         "inv_D": f(1.0 / problem.D),
         "inv_B": f(1.0 / B),
         "k2": f(eq.k * eq.k),
@@ -506,23 +507,19 @@ def _simulate_bias_sde(
         "r_grid": f(r_grid),
         **{k: f(v) for k, v in tabs.items()},
     }
-    keys = run_keys(seed, first_run, runs)
-    cell_of, run_of = chunk_items(1, runs, chunk)
+    keys, cell_of, run_of = run.chunks()
     x0 = f(problem.initial_error)
-    clock = SliceClock(len(cell_of) * n_steps, 8e-9 * chunk * problem.d, progress, "simulate_sde")
 
     def init(ci):
-        return jnp.broadcast_to(x0, (chunk, problem.d))
+        return jnp.broadcast_to(x0, (run.chunk, problem.d))
 
     def call(ci, x, bounds):
         return _sde_bias_slice(inputs, keys[run_of[ci]], x, bounds)
 
-    with out_of_memory_as_value_error("simulate_sde", "runs, n_records, d or T / dt"):
-        records = run_segmented(call, init, steps, len(cell_of), clock)
-    t = steps * dt
-    risk = records.pop("risk")[:runs]
-    stats = {k: v[:runs] for k, v in records.items()}
-    risk, diverged, when = mark_divergence(risk, t, threshold)
+    records = run.segmented(problem, call, init, len(cell_of))
+    t = run.steps * run.dt
+    risk = records.pop("risk")[: run.runs]
+    stats = {k: v[: run.runs] for k, v in records.items()}
+    risk, diverged, when = mark_divergence(risk, t, run.threshold)
     stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
-    params = _sde_params(alg, problem, t, dt, runs, seed, first_run, dtype)
-    return RiskPaths(t, risk, diverged, when, params, stats=stats)
+    return RiskPaths(t, risk, diverged, when, run.params(alg, problem, t), stats=stats)

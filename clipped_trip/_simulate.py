@@ -15,6 +15,7 @@ whatever the record times. Learning rate and clip are traced arrays: a sweep nev
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -117,42 +118,49 @@ def _estimates(problem, n_items, n_rec, width, chunk, knots, cells, itemsize):
     }
 
 
-def _run(
-    problem,
-    algorithms,
-    T,
-    runs,
-    seed,
-    times,
-    n_records,
-    dtype,
-    first_run,
-    threshold,
-    chunk,
-    progress=None,
-    max_work=None,
-):
-    """Run every algorithm (cells of one kernel) on the same random stream."""
-    runs, first_run, threshold = check_run_args(problem, Problem, runs, first_run, threshold)
+@dataclass(frozen=True, eq=False)
+class RunSettings:
+    """The run settings of one simulate or sweep call as the caller gave them (``_run`` checks
+    them): one bundle, so that simulate, sweep, ``_run`` and the devices backend (which rebuilds
+    simulate's call) do not each repeat the list."""
+
+    T: object
+    runs: int
+    seed: int
+    times: object
+    n_records: int
+    dtype: object
+    first_run: int
+    threshold: object  # divergence_threshold (None: the default level)
+    chunk: object  # run_chunk
+    progress: object = None
+    max_work: object = None
+
+
+def _run(problem, algorithms, settings: RunSettings):
+    """Run every algorithm (cells of one kernel) on the same random stream: the raw records
+    (divergence not yet marked) and the checked divergence level."""
+    s = settings
+    runs, first_run, threshold = check_run_args(problem, Problem, s.runs, s.first_run, s.threshold)
     for alg in algorithms[:1]:  # the cells of a sweep share the algorithm class
         alg.check_problem(problem)
-    dt = resolve_dtype(dtype)
+    dt = resolve_dtype(s.dtype)
     check_noise_range(problem.noise, dt)
     kernel = algorithms[0].kernel()
     D = problem.D
     batch = algorithms[0].samples_per_step()
     width = problem.d * batch
-    chunk = chunk_size(width, chunk, minimum=16 if batch == 1 else 1)
+    chunk = chunk_size(width, s.chunk, minimum=16 if batch == 1 else 1)
     n_cells = len(algorithms)
     n_items = -(-(n_cells * runs) // chunk) * chunk
-    n_rec = V.count("n_records", n_records, lo=2) if times is None else np.size(times)
+    n_rec = V.count("n_records", s.n_records, lo=2) if s.times is None else np.size(s.times)
     # before the record grid is built: the records of every padded run dominate at many runs
     check_memory(
         "simulate",
         {"records (padded runs x records)": 4.0 * 8 * n_items * n_rec},
         "runs or n_records",
     )
-    t, steps, n_steps = record_grid(D, T, times, n_records)
+    t, steps, n_steps = record_grid(D, s.T, s.times, s.n_records)
     knots = (
         1
         if all(is_constant(getattr(a, n, None)) for a in algorithms for n in ("lr", "clip"))
@@ -160,8 +168,8 @@ def _run(
     )
     parts = _estimates(problem, n_items, len(t), width, chunk, knots, n_cells, dt.itemsize)
     check_memory("simulate", parts, "runs, n_records, d, batch or run_chunk")
-    check_work("simulate", float(n_items) * max(n_steps, 1) * width, max_work, "runs, T or d")
-    seed_, first_ = check_seed(seed, first_run, runs)
+    check_work("simulate", float(n_items) * max(n_steps, 1) * width, s.max_work, "runs, T or d")
+    seed_, first_ = check_seed(s.seed, first_run, runs)
     with out_of_memory_as_value_error("simulate", "runs, n_records, d or run_chunk"):
         per_cell = [alg.step_tables(n_steps, D) for alg in algorithms]
         tables = {name: np.stack([cell[name] for cell in per_cell]) for name in per_cell[0]}
@@ -171,7 +179,7 @@ def _run(
         cell_of, run_of = chunk_items(n_cells, runs, chunk)
         ids = (int(first_) + run_of).astype(np.uint32)
         clock = SliceClock(
-            len(cell_of) * max(n_steps, 1), 5e-9 * chunk * width, progress, "simulate"
+            len(cell_of) * max(n_steps, 1), 5e-9 * chunk * width, s.progress, "simulate"
         )
         rows_of = {}
 
@@ -196,10 +204,37 @@ def _run(
     risk = records.pop("risk")[: n_cells * runs].reshape(n_cells, runs, -1)
     stats = {k: v[: n_cells * runs].reshape(n_cells, runs, -1) for k, v in records.items()}
     t_true = steps / D  # the times actually simulated (record times rounded to steps)
-    risk, diverged, when = mark_divergence(risk, t_true, threshold)
-    if "population_risk" in stats:  # diverged with the risk
+    return t_true, steps, risk, batch, stats, threshold
+
+
+def _mark(risk, stats, t, threshold):
+    """The divergence rule on the risk; the population risk diverges with it."""
+    risk, diverged, when = mark_divergence(risk, t, threshold)
+    if "population_risk" in stats:
         stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
-    return t_true, steps, risk, diverged, when, batch, stats
+    return risk, diverged, when, stats
+
+
+def sgd_paths(problem, alg, settings: RunSettings, t, steps, batch, risk, stats, threshold):
+    """One algorithm's raw records (runs x records) as :func:`simulate` returns them:
+    divergence marked, params (v0.1's lr and clip, the time of an infinite mean), samples.
+    The devices backend builds its results with it too (bit-identical to simulate)."""
+    risk, diverged, when, stats = _mark(risk, stats, t, threshold)
+    params = {
+        "kind": "sgd",
+        **_legacy_fields(alg),
+        "algorithm": alg.describe(),
+        "T": float(t[-1]),
+        "runs": settings.runs,
+        "seed": settings.seed,
+        "first_run": settings.first_run,
+        "dtype": str(settings.dtype),
+        "problem": problem.describe(),
+    }
+    inf_from = infinite_mean_from(problem.noise, alg, int(steps[-1]), problem.D)
+    if inf_from is not None:
+        params["infinite_mean_from"] = inf_from
+    return RiskPaths(t, risk, diverged, when, params, samples=batch * steps, stats=stats)
 
 
 def infinite_mean_from(noise, alg, n_steps, D):
@@ -273,9 +308,7 @@ def simulate(
     References: arXiv 2406.11733, clipped SGD (Sec. 2); SPEC sections 1-2, 8, 13.
     """
     alg = as_algorithm(algorithm, clip, "simulate", lr)
-    t, steps, risk, diverged, when, batch, stats = _run(
-        problem,
-        [alg],
+    settings = RunSettings(
         T,
         runs,
         seed,
@@ -288,22 +321,9 @@ def simulate(
         progress,
         max_work,
     )
-    params = {
-        "kind": "sgd",
-        **_legacy_fields(alg),
-        "algorithm": alg.describe(),
-        "T": float(t[-1]),
-        "runs": runs,
-        "seed": seed,
-        "first_run": first_run,
-        "dtype": str(dtype),
-        "problem": problem.describe(),
-    }
-    inf_from = infinite_mean_from(problem.noise, alg, int(steps[-1]), problem.D)
-    if inf_from is not None:
-        params["infinite_mean_from"] = inf_from
+    t, steps, risk, batch, stats, threshold = _run(problem, [alg], settings)
     stats = {k: v[0] for k, v in stats.items()}
-    return RiskPaths(t, risk[0], diverged[0], when[0], params, samples=batch * steps, stats=stats)
+    return sgd_paths(problem, alg, settings, t, steps, batch, risk[0], stats, threshold)
 
 
 def _legacy_fields(alg):
@@ -351,40 +371,23 @@ def sweep(
         raise ValueError(f"algorithm must be an algorithm such as ClippedSGD, got {base!r}")
     if clips is None:
         raise ValueError("clips must be a list of thresholds > 0 (None for no clipping)")
-    return _sweep(
-        problem,
-        base,
-        lrs,
-        clips,
+    settings = RunSettings(
         T,
         runs,
         seed,
         times,
         n_records,
         dtype,
+        0,
         divergence_threshold,
         run_chunk,
         progress,
         max_work,
     )
+    return _sweep(problem, base, lrs, clips, settings)
 
 
-def _sweep(
-    problem,
-    base,
-    lrs,
-    clips,
-    T,
-    runs,
-    seed,
-    times,
-    n_records,
-    dtype,
-    threshold,
-    chunk,
-    progress,
-    max_work,
-):
+def _sweep(problem, base, lrs, clips, settings: RunSettings):
     if isinstance(lrs, (str, bytes)) or not hasattr(lrs, "__iter__"):
         raise ValueError(f"lrs must be a list of learning rates > 0, got {lrs!r}")
     if isinstance(clips, (str, bytes)) or not hasattr(clips, "__iter__"):
@@ -396,21 +399,9 @@ def _sweep(
     if not lrs or not clips:
         raise ValueError("lrs and clips must each hold at least one value")
     cells = [base.replace(lr=lr, clip=c) for lr in lrs for c in clips]
-    t, steps, risk, diverged, when, batch, stats = _run(
-        problem,
-        cells,
-        T,
-        runs,
-        seed,
-        times,
-        n_records,
-        dtype,
-        0,
-        threshold,
-        chunk,
-        progress,
-        max_work,
-    )
+    t, steps, risk, batch, stats, threshold = _run(problem, cells, settings)
+    risk, diverged, when, stats = _mark(risk, stats, t, threshold)
+    runs = settings.runs
     shape = (len(lrs), len(clips))
     params = {
         "kind": "sgd-sweep",
@@ -419,8 +410,8 @@ def _sweep(
         "algorithm": base.describe(),
         "T": float(t[-1]),
         "runs": runs,
-        "seed": seed,
-        "dtype": str(dtype),
+        "seed": settings.seed,
+        "dtype": str(settings.dtype),
         "problem": problem.describe(),
     }
     inf_from = [infinite_mean_from(problem.noise, c, int(steps[-1]), problem.D) for c in cells]

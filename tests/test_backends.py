@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import clipped_trip as ct
 from clipped_trip._backends import MissingExtraError, add_arguments, cli_command, run_sweep
 from clipped_trip._store import load_sweep
 from clipped_trip._sweep_spec import SweepSpec
+
+from _helpers import simulate_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,18 +65,7 @@ def quantile_spec():
 def assert_equals_simulate(spec, res):
     assert res.complete
     for i in range(spec.n_cells):
-        problem, alg = spec.build(i)
-        ref = ct.simulate(
-            problem,
-            alg,
-            T=spec.T,
-            runs=spec.runs,
-            seed=spec.seed,
-            n_records=spec.n_records,
-            dtype=spec.dtype,
-            run_chunk=spec.run_chunk,
-            progress=False,
-        )
+        ref = simulate_cell(spec, i)
         got = res.cell(i)
         assert np.array_equal(got.t, ref.t) and np.array_equal(got.samples, ref.samples)
         assert np.array_equal(got.risk, ref.risk), f"cell {i}"

@@ -15,6 +15,8 @@ from clipped_trip import cli
 from clipped_trip._io import load_result
 from clipped_trip._privacy import noise_multiplier_for, privacy_epsilon, privacy_report
 
+from _helpers import assert_user_error, no_files, run
+
 SIM = ["--d", "20", "--T", "0.5", "--runs", "2", "--n-records", "3"]
 ODE = ["--d", "20", "--T", "0.5", "--n-records", "3"]
 
@@ -34,29 +36,6 @@ DESCRIBED = {
     "value": "ValueClipSGD",
     "sign": "SignSGD",
 }
-
-
-def run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as stop:  # argparse's own exit would be a defect
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code, err, command, *needles):
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"clipped-trip {command}: error:"), err
-    assert "Traceback" not in err and "usage:" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def no_files(path):
-    return not path.exists() or not any(path.rglob("*"))
 
 
 def same_results(a, b):

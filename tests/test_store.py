@@ -21,6 +21,8 @@ from clipped_trip._backends import run_sweep
 from clipped_trip._store import TABLE_COLUMNS, SweepStore, load_sweep
 from clipped_trip._sweep_spec import SweepSpec, WorkUnit
 
+from _helpers import simulate_cell
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TOML = """
@@ -47,22 +49,6 @@ clip = [0.5, "none"]
 def small_spec(**changes):
     spec = SweepSpec.from_toml(TOML)
     return dataclasses.replace(spec, **changes) if changes else spec
-
-
-def reference(spec, i):
-    """Cell i by plain simulate (all runs in one call)."""
-    problem, alg = spec.build(i)
-    return ct.simulate(
-        problem,
-        alg,
-        T=spec.T,
-        runs=spec.runs,
-        seed=spec.seed,
-        n_records=spec.n_records,
-        dtype=spec.dtype,
-        run_chunk=spec.run_chunk,
-        progress=False,
-    )
 
 
 def same_paths(a, b):
@@ -178,13 +164,13 @@ def test_sweep_equals_simulate_per_cell_and_block_size_does_not_matter(tmp_path)
     b = run_sweep(dataclasses.replace(spec, block=1), tmp_path / "b", progress=False)
     assert a.complete and b.complete and a.units_total == 8 and b.units_total == 24
     for i in range(spec.n_cells):
-        same_paths(a.cell(i), reference(spec, i))
+        same_paths(a.cell(i), simulate_cell(spec, i))
         same_paths(b.cell(i), a.cell(i))
     assert a.table == b.table
     assert list(a.table[0]) == ["cell", "lr", "clip", *TABLE_COLUMNS]
     row = a.table[1]
     assert (row["lr"], row["clip"], row["runs_done"]) == (0.5, "none", 6)
-    ref = reference(spec, 1)
+    ref = simulate_cell(spec, 1)
     assert row["mean_final_risk"] == float(ref.mean()[-1])
     assert row["se"] == float(ref.std_error()[-1])
     assert row["band_lo"] <= row["median_final_risk"] <= row["band_hi"]
@@ -250,7 +236,7 @@ def test_ctrl_c_keeps_finished_units_and_rerun_computes_the_rest(tmp_path):
     done = run_sweep(spec, out, progress=False)
     assert len(done.computed) == 5 and done.complete
     for i in range(spec.n_cells):
-        same_paths(done.cell(i), reference(spec, i))
+        same_paths(done.cell(i), simulate_cell(spec, i))
 
 
 KILL_SCRIPT = """
@@ -292,7 +278,7 @@ def test_killed_sweep_resumes_and_recomputes_only_unfinished_units(tmp_path):
     assert set(res.computed) == {u.id for u in spec.units()} - {n[:-4] for n in before}
     assert {n: (units / n).stat().st_mtime_ns for n in before} == before  # not rewritten
     for i in range(spec.n_cells):
-        same_paths(res.cell(i), reference(spec, i))
+        same_paths(res.cell(i), simulate_cell(spec, i))
 
 
 def test_table_has_no_ode_columns_where_the_ode_fails(tmp_path, monkeypatch):

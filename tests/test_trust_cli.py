@@ -12,31 +12,10 @@ import clipped_trip as ct
 from clipped_trip import cli
 from clipped_trip._io import load_result
 
+from _helpers import assert_user_error, no_files, run
+
 TINY = ["--d", "20", "--T", "0.5", "--runs", "2", "--n-records", "5"]
 TINY_ODE = ["--d", "20", "--T", "0.5", "--n-records", "5"]
-
-
-def run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as stop:  # argparse's own exit (the defect this file guards against)
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code, err, command, *needles):
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"clipped-trip {command}: error:"), err
-    assert "Traceback" not in err and "usage:" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def no_files(path):
-    return not path.exists() or not any(path.rglob("*"))
 
 
 # --- class 1: every user error is one line, exit 2; internal bugs keep their traceback ----------
