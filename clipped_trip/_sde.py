@@ -9,7 +9,10 @@ are read inside the jitted loop from a table: in log R (48 points per decade, li
 varies in time, and in (log R, z) for clip of the mean. The table error (~1e-5) is far below the
 Monte Carlo error of any run count.
 
-References: arXiv 2406.11733, homogenized SGD for clipped SGD (C-HSGD), Sec. 3; SPEC 8.
+Value clipping and signSGD (SPEC 12) bring per-coordinate factors: their equivalents give tables
+in (log R, log theta_i) and the drift / noise weights of each coordinate (``sde_tables``).
+
+References: arXiv 2406.11733, homogenized SGD for clipped SGD (C-HSGD), Sec. 3; SPEC 8, 12.
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ def _factor_fn(inputs, mode):
         if mode == "shift":  # clip of the mean: (log R, z), z = (B + 1) G / (2 D R)
             z = z_scale * G / jnp.maximum(R, 1e-300)
             return bilinear(x, z, log_c)
+        if mode == "coordinate":  # per-coordinate factors: (log R, y_i), y_i fixed (SPEC 12)
+            return bilinear(x, inputs["y"], log_c)
         # mode == "time": bilinear in (log R, log c); steps whose clip is inf are unclipped
         mu, nu = bilinear(x, jnp.log(c), log_c)
         unclipped = jnp.isinf(c)
@@ -127,6 +132,10 @@ def _sde_slice(inputs, rows, keys, x, bounds, mode):
     inv_D, dt = inputs["inv_D"], inputs["dt"]
     factors = _factor_fn(inputs, mode)
     d = lam.shape[0]
+    # drift lambda_i and noise sqrt(lambda_i) weights, unless the algorithm gives its own
+    # (signSGD: sqrt(lambda_i) and 1)
+    w_drift = inputs.get("drift_weights", lam)
+    w_noise = inputs.get("noise_weights", sqrt_lam)
 
     def one_run(rows, key, x):
         def step(k, x):
@@ -138,7 +147,7 @@ def _sde_slice(inputs, rows, keys, x, bounds, mode):
             if mode in ("risk", "shift"):  # clip row [1]: compensated learning rate gamma / mu
                 lr = jnp.where(rows["clip"][0] > 0.5, lr / mu, lr)
             xi = jax.random.normal(jax.random.fold_in(key, k), (d,), x.dtype)
-            x_new = x - lr * mu * lam * x * dt + lr * jnp.sqrt(nu * inv_D * dt) * sqrt_lam * xi
+            x_new = x - lr * mu * w_drift * x * dt + lr * jnp.sqrt(nu * inv_D * dt) * w_noise * xi
             if "dp" in inputs:  # static: only DP-SGD runs this
                 c = inputs["dp_clip"] if "dp_clip" in inputs else at_step(rows["clip"], k)
                 xi2 = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, k), 1), (d,))
@@ -301,6 +310,60 @@ def simulate_sde(
     )
     noise = problem.noise
     log_r = _risk_grid(problem)
+    weights = {}
+    if getattr(eq, "coordinate_sde", False):
+        mode, clip_tab, z_scale = "coordinate", np.zeros(1), 0.0
+        log_r, log_c, tab_mu, tab_nu, weights = _coordinate_tables(eq, log_r)
+    else:
+        mode, log_r, log_c, tab_mu, tab_nu, clip_tab, z_scale = _clip_tables(
+            problem, alg, eq, log_r, step_t
+        )
+    f = lambda a: jnp.asarray(a, dtype_)  # noqa: E731
+    lam = problem.eigenvalues
+    inputs = {
+        "lam": f(lam),
+        "sqrt_lam": f(np.sqrt(lam)),
+        "x0": f(problem.initial_error),
+        "inv_D": f(1.0 / problem.D),
+        "dt": f(dt),
+        "tables": {"lr": f(lr_tab[None, :]), "clip": f(clip_tab[None, :])},
+        "log_r": f(log_r),
+        "tab_mu": f(tab_mu),
+        "tab_nu": f(tab_nu),
+        "log_c": f(log_c),
+        "m2": f(noise.second_moment),
+        "inv_B": f(1.0 / alg.samples_per_step()),
+        "z_scale": f(z_scale),
+        **{k: f(v) for k, v in weights.items()},  # coordinate mode only
+    }
+    sigma_dp = float(getattr(eq, "sigma_dp", 0.0))
+    if sigma_dp > 0:  # DP-SGD: dX_i += gamma (sigma c / B) dB'_i (SPEC 9.1), c of this step
+        inputs["dp"] = f(sigma_dp / alg.samples_per_step())
+        if mode == "risk":
+            inputs["dp_clip"] = f(time_schedule_values("clip", clip, np.zeros(1))[0])
+    keys, cell_of, run_of = run.chunks()
+    tables = inputs.pop("tables")
+    rows_of = {}
+
+    def init(ci):
+        rows_of.clear()
+        rows_of[ci] = {k: v[cell_of[ci]] for k, v in tables.items()}
+        return jnp.broadcast_to(inputs["x0"], (chunk, problem.d))
+
+    def call(ci, x, bounds):
+        return _sde_slice(inputs, rows_of[ci], keys[run_of[ci]], x, bounds, mode)
+
+    risk = run.segmented(problem, call, init, len(cell_of))[None, :runs]
+    t = steps * dt  # the times actually simulated (record times rounded to multiples of dt)
+    risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
+    return RiskPaths(t, risk, diverged, when, run.params(alg, problem, t))
+
+
+def _clip_tables(problem, alg, eq, log_r, step_t):
+    """The factor tables of a norm-clipped algorithm: (mode, log_r, log_c, tab_mu, tab_nu,
+    clip_tab, z_scale), mode "unclipped", "risk" (constant or risk-dependent clip), "shift"
+    (clip of the mean) or "time" (a clip schedule in time)."""
+    clip = alg.clip
     if eq.shifted and not (is_constant(clip) and (clip is None or math.isinf(float(clip)))):
         # clip-of-mean factors are costly: 16 per decade (error ~2e-4) over 1e-4 .. 1e3 of the
         # reference risk; the table is extrapolated beyond (the factors flatten out there)
@@ -354,44 +417,16 @@ def simulate_sde(
             max(2, int(_PER_DECADE * math.log10(c_hi / c_lo)) + 2),
         )
         tab_mu, tab_nu = _log_table(*eq.sde_factors(R_grid[:, None], np.exp(log_c)[None, :], 0.0))
-    f = lambda a: jnp.asarray(a, dtype_)  # noqa: E731
-    lam = problem.eigenvalues
-    inputs = {
-        "lam": f(lam),
-        "sqrt_lam": f(np.sqrt(lam)),
-        "x0": f(problem.initial_error),
-        "inv_D": f(1.0 / problem.D),
-        "dt": f(dt),
-        "tables": {"lr": f(lr_tab[None, :]), "clip": f(clip_tab[None, :])},
-        "log_r": f(log_r),
-        "tab_mu": f(tab_mu),
-        "tab_nu": f(tab_nu),
-        "log_c": f(log_c),
-        "m2": f(noise.second_moment),
-        "inv_B": f(1.0 / alg.samples_per_step()),
-        "z_scale": f(z_scale),
-    }
-    sigma_dp = float(getattr(eq, "sigma_dp", 0.0))
-    if sigma_dp > 0:  # DP-SGD: dX_i += gamma (sigma c / B) dB'_i (SPEC 9.1), c of this step
-        inputs["dp"] = f(sigma_dp / alg.samples_per_step())
-        if mode == "risk":
-            inputs["dp_clip"] = f(time_schedule_values("clip", clip, np.zeros(1))[0])
-    keys, cell_of, run_of = run.chunks()
-    tables = inputs.pop("tables")
-    rows_of = {}
+    return mode, log_r, log_c, tab_mu, tab_nu, clip_tab, z_scale
 
-    def init(ci):
-        rows_of.clear()
-        rows_of[ci] = {k: v[cell_of[ci]] for k, v in tables.items()}
-        return jnp.broadcast_to(inputs["x0"], (chunk, problem.d))
 
-    def call(ci, x, bounds):
-        return _sde_slice(inputs, rows_of[ci], keys[run_of[ci]], x, bounds, mode)
-
-    risk = run.segmented(problem, call, init, len(cell_of))[None, :runs]
-    t = steps * dt  # the times actually simulated (record times rounded to multiples of dt)
-    risk, diverged, when = mark_divergence(np.asarray(risk, dtype=np.float64)[0], t, threshold)
-    return RiskPaths(t, risk, diverged, when, run.params(alg, problem, t))
+def _coordinate_tables(eq, log_r):
+    """Per-coordinate factors (value clipping, signSGD; SPEC 12): the equivalent's tables on
+    (log R, y) and each coordinate's y_i, its drift and noise weights."""
+    tabs = eq.sde_tables(log_r)
+    tab_mu, tab_nu = _log_table(tabs["mu"], tabs["nu"])
+    weights = {k: tabs[k] for k in ("y", "drift_weights", "noise_weights")}
+    return tabs["log_r"], tabs["grid"], tab_mu, tab_nu, weights
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Deterministic equivalents, in y_i = lambda_i v_i (SPEC 12; theta_i = tau / sqrt(
             phi(R) = 2 sqrt(2/pi) p_w(0)
 Limits: tau -> inf is plain SGD; tau -> 0 with gamma = eta / tau is signSGD (relative gap
 ~ tau log(1/tau), not O(tau)).
+Homogenized SDEs (the ODEs above are their mean paths; X_i = e_i, v_i = X_i^2 / 2):
+    value:  dX_i = -gamma mu_i(R) lambda_i X_i dt + gamma sqrt(nu_i(R) / D) dB_i
+    sign:   dX_i = -eta phi(R) sqrt(lambda_i) X_i dt + eta sqrt(1 / D) dB_i     (lambda_i > 0)
 
 References: SPEC sections 12 and 13; Xiao, Marshall, Agarwala, Paquette 2024 (arXiv 2411.12135).
 """
@@ -206,8 +209,20 @@ class SignSGD(Algorithm):
         return f"SignSGD(lr={describe_schedule(self.lr)!r})"
 
 
+#: nodes per decade of the SDE's factor tables: in log R (linear interpolation in log-log, error
+#: ~3e-4, far below any run count's Monte Carlo error) and in log theta (~1e-4)
+_SDE_R_PER_DECADE = 24
+_SDE_THETA_PER_DECADE = 48
+
+
+def _risk_nodes(log_r):
+    """Every other node of simulate_sde's risk grid (48 per decade) -> 24 per decade."""
+    step = max(1, round(48 / _SDE_R_PER_DECADE))
+    return log_r[::step] if log_r.size > 2 * step else log_r
+
+
 class _ValueEquivalent(EquivalentBase):
-    no_sde = "simulate_sde: ValueClipSGD has no homogenized SDE here; use simulate or solve_ode"
+    coordinate_sde = True  # simulate_sde reads sde_tables (per-coordinate factors)
 
     def __init__(self, alg, problem):
         super().__init__(alg, problem)
@@ -238,9 +253,43 @@ class _ValueEquivalent(EquivalentBase):
         lr, _ = super().paths(t, risk)
         return lr, np.full(np.shape(t), self.tau)
 
+    def sde_tables(self, log_r):
+        """The SDE's factors on a (log R, log theta) grid: mu_i and nu_i / lambda_i depend on the
+        coordinate only through theta_i = tau / sqrt(lambda_i), so one table serves every
+        coordinate (y_i = log theta_i). Drift weights lambda_i, noise weights sqrt(lambda_i):
+        dX_i = -gamma mu_i lambda_i X_i dt + gamma sqrt(lambda_i (nu_i / lambda_i) / D) dB_i."""
+        from ._value_factors import value_clip_factors
+
+        lam = self.lam
+        theta = np.full(lam.shape, np.inf)
+        pos = lam > 0
+        theta[pos] = self.tau / np.sqrt(lam[pos])
+        finite = np.isfinite(theta)  # inf: lambda_i = 0 (X_i never moves) or tau = inf
+        lo = float(np.log(theta[finite].min())) if finite.any() else 0.0
+        hi = float(np.log(theta[finite].max())) if finite.any() else 0.0
+        margin = 1e-9 if hi - lo > 1e-6 else 1e-3  # float32 must still resolve the cell
+        n = max(2, int(_SDE_THETA_PER_DECADE * (hi - lo) / math.log(10.0)) + 2)
+        grid = np.linspace(lo - margin, hi + margin, n)
+        lam_grid = (self.tau / np.exp(grid)) ** 2 if math.isfinite(self.tau) else np.ones(n)
+        log_r = _risk_nodes(log_r)
+        mu = np.empty((log_r.size, n))
+        nubar = np.empty((log_r.size, n))
+        for k, x in enumerate(log_r):
+            mu[k], nu = value_clip_factors(self.noise, math.exp(x), self.tau, lam_grid)
+            nubar[k] = nu / lam_grid
+        return {
+            "log_r": log_r,
+            "grid": grid,
+            "y": np.where(finite, np.log(np.where(finite, theta, 1.0)), lo),
+            "mu": mu,
+            "nu": nubar,
+            "drift_weights": lam,
+            "noise_weights": np.sqrt(lam),
+        }
+
 
 class _SignEquivalent(EquivalentBase):
-    no_sde = "simulate_sde: SignSGD has no homogenized SDE here; use simulate or solve_ode"
+    coordinate_sde = True  # simulate_sde reads sde_tables
 
     def __init__(self, alg, problem):
         super().__init__(alg, problem)
@@ -267,3 +316,22 @@ class _SignEquivalent(EquivalentBase):
         phi = sign_descent_factor(self.noise, R)
         eta = self.lr_at(t)
         return {"y": -2.0 * eta * phi * self.sqrt_lam * y + eta * eta * self.lam / (2.0 * self.D)}
+
+    def sde_tables(self, log_r):
+        """phi(R) on the risk grid (one column: no coordinate dependence); drift weights
+        sqrt(lambda_i), noise weights 1 (0 where lambda_i = 0: sign(g_i) = 0 there):
+        dX_i = -eta phi(R) sqrt(lambda_i) X_i dt + eta sqrt(1 / D) dB_i."""
+        from ._value_factors import sign_descent_factor
+
+        log_r = _risk_nodes(log_r)
+        phi = np.array([sign_descent_factor(self.noise, math.exp(x)) for x in log_r])
+        mu = np.repeat(phi[:, None], 2, axis=1)
+        return {
+            "log_r": log_r,
+            "grid": np.array([0.0, 1.0]),
+            "y": np.zeros(self.lam.shape),
+            "mu": mu,
+            "nu": np.ones(mu.shape),
+            "drift_weights": self.sqrt_lam,
+            "noise_weights": (self.lam > 0).astype(np.float64),
+        }

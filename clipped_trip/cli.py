@@ -678,7 +678,7 @@ ALGORITHM_OPTIONS = {
 }
 _TAKES_CLIP = ("clipped", "dpsgd", "quantile")  # --clip: c (clipped, dpsgd) or c0 (quantile)
 _BATCHED = ("clipped", "dpsgd")  # the others run one example per step
-_HAS_SDE = ("clipped", "dpsgd")  # simulate_sde: the others have no homogenized SDE
+_HAS_SDE = ("clipped", "dpsgd", "value", "sign")  # simulate_sde: adaptive rules have none
 
 
 def check_algorithm(cfg, command):
@@ -724,10 +724,6 @@ def check_algorithm(cfg, command):
                 "ode: --data-mean with --clip-mode mean at --batch > 1 has no derived "
                 "equivalent; use --clip-mode per-example (simulate runs it)"
             )
-    if command == "sde" and (cfg.get("data_mean") is not None or cfg.get("perturbation")):
-        raise UserError(
-            "--data-mean and --perturbation have no homogenized SDE; use simulate or ode"
-        )
     has_clip = any(c is not None for c in clips)
     if name == "dpsgd":
         if not has_clip:
@@ -2145,8 +2141,9 @@ def build_parser():
         )
         if name == "sde":
             text += (
-                " sde: clipped and dpsgd only (the others have no homogenized SDE), without "
-                "--data-mean or --perturbation."
+                " sde: clipped, dpsgd, value and sign (the adaptive rules quantile and autoclip "
+                "have no homogenized SDE); with --data-mean or --perturbation lr and clip are "
+                "constant."
             )
         g = p.add_argument_group("algorithm", textwrap.fill(text, 79))
         g.add_argument(

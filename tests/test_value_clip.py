@@ -101,3 +101,35 @@ def test_preconditioner_limits():
     pw0 = 1 / math.sqrt(2 * math.pi * (2 * R + 0.25))
     expected = 2 * math.sqrt(2 / math.pi) * pw0 * tau * np.sqrt(lam)
     np.testing.assert_allclose(ct.value_clip_preconditioner(p, tau, R), expected, rtol=1e-4)
+
+
+# --- the homogenized SDEs (SPEC 12): value clipping and signSGD --------------------------------
+def _time_averaged_gap(paths, ode):
+    """Each run's R(t) / ODE(t) averaged over the records t > 0: (mean over runs - 1, its
+    standard error over runs)."""
+    per_run = (np.asarray(paths.risk)[:, 1:] / ode.risk[1:]).mean(axis=1)
+    return per_run.mean() - 1.0, per_run.std(ddof=1) / math.sqrt(per_run.size)
+
+
+@pytest.mark.parametrize(
+    "alg", [ct.ValueClipSGD(1.0, 0.1), ct.ValueClipSGD(1.0, 1.0), ct.SignSGD(0.5)], ids=repr
+)
+def test_coordinate_sde_matches_its_ode(alg):
+    p = ct.Problem.power_law(400, 0.5, ct.StudentT(3.0, 0.5), x0=np.ones(400))
+    runs = 16
+    sde = ct.simulate_sde(p, alg, T=2.0, runs=runs, seed=3, n_records=9, dtype="float64")
+    ode = ct.solve_ode(p, alg, times=sde.t)
+    np.testing.assert_allclose(sde.mean()[1:], ode.risk[1:], rtol=monte_carlo_rel(runs, p.d))
+    gap, se = _time_averaged_gap(sde, ode)
+    assert abs(gap) < 5.0 * se + 4.0 / p.d, (gap, se)
+
+
+def test_value_clip_sde_with_infinite_clip_is_the_unclipped_sde():
+    """tau = inf: mu_i = 1, nu_i / lambda_i = 2R + E eps^2, the unclipped SDE on the same random
+    numbers; only the factor table (24 nodes per decade of R, linear in log-log) differs."""
+    p = ct.Problem.power_law(60, 0.5, ct.StudentT(4.0, 0.5))
+    kw = dict(T=2.0, runs=3, seed=1, n_records=5, dtype="float64")
+    value = ct.simulate_sde(p, ct.ValueClipSGD(0.8, math.inf), **kw)
+    plain = ct.simulate_sde(p, ct.ClippedSGD(0.8, None), **kw)
+    np.testing.assert_allclose(value.risk, plain.risk, rtol=1e-3)
+    assert not np.array_equal(value.risk, plain.risk)  # two code paths, not one
