@@ -157,11 +157,17 @@ class QuantileClipSGD(Algorithm):
 
 
 class _Base(EquivalentBase):
-    no_sde = "simulate_sde: QuantileClipSGD has no homogenized SDE here; use simulate or solve_ode"
+    pass
 
 
 class _SlowEquivalent(_Base):
-    """SPEC 11A.a: state {"y", "u" = log c}."""
+    """SPEC 11A.a: state {"y", "u" = log c}. Its SDE (per run, u its own state):
+    dX_i = -gamma mu_c(R) lambda_i X_i dt + gamma sqrt(lambda_i nu_c(R) / D) dB_i,
+    du = -eta (mu_c(R) - q) dt + eta sqrt(mu_c(R) (1 - mu_c(R)) / D) dB'
+    (log C moves by -eta_C (b_k - q) per step, b_k Bernoulli(mu): variance eta^2 mu (1 - mu) / D
+    per unit time; b_k is uncorrelated with every gradient coordinate, a_i -> -a_i)."""
+
+    quantile_sde = True  # simulate_sde runs the (X, u) SDE
 
     def __init__(self, alg, problem):
         super().__init__(alg, problem)
@@ -186,7 +192,10 @@ class _SlowEquivalent(_Base):
 
 
 class _FastEquivalent(_Base):
-    """SPEC 11A.b: state {"y"}; drift factor q, noise nubar(R) = E_pi[nu_c(R)] (tabulated)."""
+    """SPEC 11A.b: state {"y"}; drift factor q, noise nubar(R) = E_pi[nu_c(R)] (tabulated). Its
+    SDE: dX_i = -gamma q lambda_i X_i dt + gamma sqrt(lambda_i nubar(R) / D) dB_i."""
+
+    own_sde_tables = True  # simulate_sde reads sde_tables
 
     def __init__(self, alg, problem, cache):
         super().__init__(alg, problem)
@@ -223,3 +232,21 @@ class _FastEquivalent(_Base):
         g = self.lr_at(t)
         dy = -2.0 * g * self.alg.quantile * self.lam * y + g * g * nubar * self._lam2_half_D
         return {"y": dy}
+
+    def sde_tables(self, log_r):
+        """Drift factor q and nubar(R) on the risk nodes (no coordinate dependence)."""
+        from ._adaptive_factors import quantile_fast_factors
+
+        alg = self.alg
+        _, nubar, _ = quantile_fast_factors(
+            self.noise, np.exp(log_r), alg.quantile, alg.clip_lr, math.log(alg.clip)
+        )
+        return {
+            "log_r": log_r,
+            "grid": np.array([0.0, 1.0]),
+            "y": np.zeros(self.lam.shape),
+            "mu": np.full((log_r.size, 2), alg.quantile),
+            "nu": np.repeat(np.asarray(nubar, np.float64)[:, None], 2, axis=1),
+            "drift_weights": self.lam,
+            "noise_weights": np.sqrt(self.lam),
+        }

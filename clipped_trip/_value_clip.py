@@ -209,20 +209,12 @@ class SignSGD(Algorithm):
         return f"SignSGD(lr={describe_schedule(self.lr)!r})"
 
 
-#: nodes per decade of the SDE's factor tables: in log R (linear interpolation in log-log, error
-#: ~3e-4, far below any run count's Monte Carlo error) and in log theta (~1e-4)
-_SDE_R_PER_DECADE = 24
+#: nodes per decade of log theta in the SDE's factor tables (linear interpolation, error ~1e-4)
 _SDE_THETA_PER_DECADE = 48
 
 
-def _risk_nodes(log_r):
-    """Every other node of simulate_sde's risk grid (48 per decade) -> 24 per decade."""
-    step = max(1, round(48 / _SDE_R_PER_DECADE))
-    return log_r[::step] if log_r.size > 2 * step else log_r
-
-
 class _ValueEquivalent(EquivalentBase):
-    coordinate_sde = True  # simulate_sde reads sde_tables (per-coordinate factors)
+    own_sde_tables = True  # simulate_sde reads sde_tables (per-coordinate factors)
 
     def __init__(self, alg, problem):
         super().__init__(alg, problem)
@@ -271,7 +263,6 @@ class _ValueEquivalent(EquivalentBase):
         n = max(2, int(_SDE_THETA_PER_DECADE * (hi - lo) / math.log(10.0)) + 2)
         grid = np.linspace(lo - margin, hi + margin, n)
         lam_grid = (self.tau / np.exp(grid)) ** 2 if math.isfinite(self.tau) else np.ones(n)
-        log_r = _risk_nodes(log_r)
         mu = np.empty((log_r.size, n))
         nubar = np.empty((log_r.size, n))
         for k, x in enumerate(log_r):
@@ -289,7 +280,7 @@ class _ValueEquivalent(EquivalentBase):
 
 
 class _SignEquivalent(EquivalentBase):
-    coordinate_sde = True  # simulate_sde reads sde_tables
+    own_sde_tables = True  # simulate_sde reads sde_tables
 
     def __init__(self, alg, problem):
         super().__init__(alg, problem)
@@ -323,7 +314,6 @@ class _SignEquivalent(EquivalentBase):
         dX_i = -eta phi(R) sqrt(lambda_i) X_i dt + eta sqrt(1 / D) dB_i."""
         from ._value_factors import sign_descent_factor
 
-        log_r = _risk_nodes(log_r)
         phi = np.array([sign_descent_factor(self.noise, math.exp(x)) for x in log_r])
         mu = np.repeat(phi[:, None], 2, axis=1)
         return {

@@ -678,7 +678,7 @@ ALGORITHM_OPTIONS = {
 }
 _TAKES_CLIP = ("clipped", "dpsgd", "quantile")  # --clip: c (clipped, dpsgd) or c0 (quantile)
 _BATCHED = ("clipped", "dpsgd")  # the others run one example per step
-_HAS_SDE = ("clipped", "dpsgd", "value", "sign")  # simulate_sde: adaptive rules have none
+_HAS_SDE = ("clipped", "dpsgd", "quantile", "value", "sign")  # simulate_sde: not autoclip
 
 
 def check_algorithm(cfg, command):
@@ -2141,8 +2141,8 @@ def build_parser():
         )
         if name == "sde":
             text += (
-                " sde: clipped, dpsgd, value and sign (the adaptive rules quantile and autoclip "
-                "have no homogenized SDE); with --data-mean or --perturbation lr and clip are "
+                " sde: every algorithm but autoclip (its threshold depends on the whole history: "
+                "no homogenized SDE); with --data-mean, --perturbation or quantile the lr is "
                 "constant."
             )
         g = p.add_argument_group("algorithm", textwrap.fill(text, 79))

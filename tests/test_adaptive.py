@@ -95,6 +95,24 @@ def test_quantile_fast_regime_sgd_matches_the_averaged_ode():
     assert abs(c.mean() - ode.clip_path[-1]) < 5 * c.std(ddof=1) / math.sqrt(c.size) + 0.02
 
 
+@pytest.mark.parametrize("clip_lr", ["slow", 1.0])
+def test_quantile_sde_matches_ode(clip_lr):
+    """Slow regime: (X, u = log c) per run, u with its own O(D^-1/2) noise; fast regime: drift
+    factor q, noise nubar(R). Risk (and c(t) in the slow regime) against the ODE."""
+    p = ct.Problem.isotropic(400, ct.StudentT(3.0, 0.5))
+    eta_c = 2.0 / p.D if clip_lr == "slow" else clip_lr
+    alg = ct.QuantileClipSGD(1.0, 1.0, quantile=0.5, clip_lr=eta_c)
+    runs = 8
+    sde = ct.simulate_sde(p, alg, T=4.0, runs=runs, seed=4, n_records=5, dtype="float64")
+    ode = ct.solve_ode(p, alg, times=sde.t)
+    rtol = monte_carlo_rel(runs, p.d)
+    np.testing.assert_allclose(sde.mean()[1:], ode.risk[1:], rtol=rtol)
+    if clip_lr == "slow":
+        np.testing.assert_allclose(sde.stat_mean("clip")[1:], ode.clip_path[1:], rtol=rtol)
+        # the threshold is random per run (its noise), not one deterministic path
+        assert np.all(np.std(sde.stat("clip")[:, -1]) > 0)
+
+
 def test_autoclip_sgd_matches_ode():
     p = ct.Problem.isotropic(400, ct.StudentT(3.0, 0.5))
     alg = ct.AutoClipSGD(1.0, percentile=50)

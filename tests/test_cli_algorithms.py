@@ -117,6 +117,7 @@ def test_dpsgd_with_noise_multiplier_rdp_and_sde(tmp_path, capsys):
     "argv",
     [
         ["--algorithm", "sign", "--lr", "0.05"],
+        ["--algorithm", "quantile", "--clip", "1", "--quantile", "0.5", "--clip-lr", "0.1"],
         ["--algorithm", "value", "--clip-value", "0.5"],
         ["--data-mean", "e1:1", "--noise", "exponential:scale=1", "--clip", "0.5"],
         ["--perturbation", "1", "--clip", "0.5"],
@@ -243,10 +244,6 @@ REFUSED = [
     (["ode", "--algorithm", "sign", "--data-mean", "e1:1"], ("--data-mean", "sign")),
     (["ode", "--algorithm", "sign", "--percentile", "5"], ("--percentile", "sign")),
     (["ode", "--algorithm", "adam"], ("--algorithm",)),
-    (
-        ["sde", "--algorithm", "quantile", "--clip", "1", "--quantile", "0.5", "--clip-lr", "0.1"],
-        ("no homogenized SDE",),
-    ),
     (["sde", "--algorithm", "autoclip", "--percentile", "50"], ("no homogenized SDE",)),
     (
         ["simulate", "--perturbation", "1", "--clip", "1", "--batch", "2", "--clip-mode", "mean"],
