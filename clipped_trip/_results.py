@@ -56,6 +56,15 @@ def divergence_limit(threshold, initial_risk: float, noise=None) -> float:
     return V.positive("divergence_threshold", threshold)
 
 
+def mark_paths(risk, stats: dict, t, threshold):
+    """:func:`mark_divergence` on the risk, the population risk (if recorded) diverging with it:
+    (risk, diverged, when, stats)."""
+    risk, diverged, when = mark_divergence(risk, t, threshold)
+    if "population_risk" in stats:
+        stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
+    return risk, diverged, when, stats
+
+
 def mark_divergence(risk: np.ndarray, t: np.ndarray, threshold: float):
     """Mark diverged runs (the one rule shared by every simulator and the ODE).
 

@@ -43,7 +43,7 @@ from ._engine import (
     steps_of,
 )
 from ._problem import Problem
-from ._results import RiskPaths, mark_divergence
+from ._results import RiskPaths, mark_divergence, mark_paths
 from ._schedules import RiskSchedule, is_constant, time_schedule_values
 
 __all__ = ["simulate_sde"]
@@ -195,6 +195,23 @@ class _SdeRun:
         )
         with out_of_memory_as_value_error("simulate_sde", "runs, n_records, d or T / dt"):
             return run_segmented(call, init, self.steps, n_chunks, clock)
+
+    def paths(self, problem, alg, advance, start):
+        """Run every chunk from ``start()`` with ``advance(keys, carry, bounds) -> (carry,
+        records)`` (records a dict: "risk" and named statistics) and return the result:
+        divergence marked, the population risk diverging with the risk."""
+        keys, cell_of, run_of = self.chunks()
+        records = self.segmented(
+            problem,
+            lambda ci, carry, bounds: advance(keys[run_of[ci]], carry, bounds),
+            lambda ci: start(),
+            len(cell_of),
+        )
+        t = self.steps * self.dt
+        risk = records.pop("risk")[: self.runs]
+        stats = {k: v[: self.runs] for k, v in records.items()}
+        risk, diverged, when, stats = mark_paths(risk, stats, t, self.threshold)
+        return RiskPaths(t, risk, diverged, when, self.params(alg, problem, t), stats=stats)
 
     def params(self, alg, problem, t) -> dict:
         """The JSON-friendly parameters of an SDE result (both SDE paths write the same)."""
@@ -553,22 +570,13 @@ def _simulate_bias_sde(problem, alg, eq, run: _SdeRun):
         "r_grid": f(r_grid),
         **{k: f(v) for k, v in tabs.items()},
     }
-    keys, cell_of, run_of = run.chunks()
     x0 = f(problem.initial_error)
-
-    def init(ci):
-        return jnp.broadcast_to(x0, (run.chunk, problem.d))
-
-    def call(ci, x, bounds):
-        return _sde_bias_slice(inputs, keys[run_of[ci]], x, bounds)
-
-    records = run.segmented(problem, call, init, len(cell_of))
-    t = run.steps * run.dt
-    risk = records.pop("risk")[: run.runs]
-    stats = {k: v[: run.runs] for k, v in records.items()}
-    risk, diverged, when = mark_divergence(risk, t, run.threshold)
-    stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
-    return RiskPaths(t, risk, diverged, when, run.params(alg, problem, t), stats=stats)
+    return run.paths(
+        problem,
+        alg,
+        lambda keys, x, bounds: _sde_bias_slice(inputs, keys, x, bounds),
+        lambda: jnp.broadcast_to(x0, (run.chunk, problem.d)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,21 +654,10 @@ def _simulate_quantile_sde(problem, alg, eq, run: _SdeRun):
         "tab_mu": f(tab_mu),
         "tab_nu": f(tab_nu),
     }
-    keys, cell_of, run_of = run.chunks()
     x0, u0 = f(problem.initial_error), f(math.log(alg.clip))
-
-    def init(ci):
-        return (
-            jnp.broadcast_to(x0, (run.chunk, problem.d)),
-            jnp.broadcast_to(u0, (run.chunk,)),
-        )
-
-    def call(ci, carry, bounds):
-        return _sde_quantile_slice(inputs, keys[run_of[ci]], carry, bounds)
-
-    records = run.segmented(problem, call, init, len(cell_of))
-    t = run.steps * run.dt
-    risk = records.pop("risk")[: run.runs]
-    stats = {k: v[: run.runs] for k, v in records.items()}
-    risk, diverged, when = mark_divergence(risk, t, run.threshold)
-    return RiskPaths(t, risk, diverged, when, run.params(alg, problem, t), stats=stats)
+    return run.paths(
+        problem,
+        alg,
+        lambda keys, carry, bounds: _sde_quantile_slice(inputs, keys, carry, bounds),
+        lambda: (jnp.broadcast_to(x0, (run.chunk, problem.d)), jnp.broadcast_to(u0, (run.chunk,))),
+    )

@@ -41,7 +41,7 @@ from ._engine import (
     run_segmented,
 )
 from ._problem import Problem
-from ._results import RiskPaths, mark_divergence
+from ._results import RiskPaths, mark_paths
 from ._schedules import is_constant
 
 __all__ = ["simulate", "sweep", "trace_count", "record_grid", "chunk_size"]
@@ -207,19 +207,11 @@ def _run(problem, algorithms, settings: RunSettings):
     return t_true, steps, risk, batch, stats, threshold
 
 
-def _mark(risk, stats, t, threshold):
-    """The divergence rule on the risk; the population risk diverges with it."""
-    risk, diverged, when = mark_divergence(risk, t, threshold)
-    if "population_risk" in stats:
-        stats["population_risk"] = np.where(np.isinf(risk), np.inf, stats["population_risk"])
-    return risk, diverged, when, stats
-
-
 def sgd_paths(problem, alg, settings: RunSettings, t, steps, batch, risk, stats, threshold):
     """One algorithm's raw records (runs x records) as :func:`simulate` returns them:
     divergence marked, params (v0.1's lr and clip, the time of an infinite mean), samples.
     The devices backend builds its results with it too (bit-identical to simulate)."""
-    risk, diverged, when, stats = _mark(risk, stats, t, threshold)
+    risk, diverged, when, stats = mark_paths(risk, stats, t, threshold)
     params = {
         "kind": "sgd",
         **_legacy_fields(alg),
@@ -400,7 +392,7 @@ def _sweep(problem, base, lrs, clips, settings: RunSettings):
         raise ValueError("lrs and clips must each hold at least one value")
     cells = [base.replace(lr=lr, clip=c) for lr in lrs for c in clips]
     t, steps, risk, batch, stats, threshold = _run(problem, cells, settings)
-    risk, diverged, when, stats = _mark(risk, stats, t, threshold)
+    risk, diverged, when, stats = mark_paths(risk, stats, t, threshold)
     runs = settings.runs
     shape = (len(lrs), len(clips))
     params = {
