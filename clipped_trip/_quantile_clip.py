@@ -165,7 +165,10 @@ class _SlowEquivalent(_Base):
     dX_i = -gamma mu_c(R) lambda_i X_i dt + gamma sqrt(lambda_i nu_c(R) / D) dB_i,
     du = -eta (mu_c(R) - q) dt + eta sqrt(mu_c(R) (1 - mu_c(R)) / D) dB'
     (log C moves by -eta_C (b_k - q) per step, b_k Bernoulli(mu): variance eta^2 mu (1 - mu) / D
-    per unit time; b_k is uncorrelated with every gradient coordinate, a_i -> -a_i)."""
+    per unit time). dB' is taken independent of dB: in SGD b_k and the gradient noise are
+    correlated (Cov(g_i, b) = lambda_i e_i [mu (1 - mu) - c (p_w(c) + p_w(-c))], an O(1)
+    correlation between the noises of R and log c), so the SDE matches the means of R and c, not
+    their joint fluctuations."""
 
     quantile_sde = True  # simulate_sde runs the (X, u) SDE
 

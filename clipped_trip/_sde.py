@@ -165,8 +165,8 @@ def _sde_slice(inputs, rows, keys, x, bounds, mode):
 
 @dataclass(frozen=True, eq=False)
 class _SdeRun:
-    """The checked run settings of one simulate_sde call: built once, read by both SDE paths
-    (the tables path and the non-centred one) so that neither repeats the list."""
+    """The checked run settings of one simulate_sde call: built once, read by every SDE path
+    (the tables path, the non-centred one, quantile tracking) so that none repeats the list."""
 
     t: np.ndarray  # the record times asked for
     steps: np.ndarray  # their step indices (times rounded to multiples of dt)
@@ -213,8 +213,16 @@ class _SdeRun:
         risk, diverged, when, stats = mark_paths(risk, stats, t, self.threshold)
         return RiskPaths(t, risk, diverged, when, self.params(alg, problem, t), stats=stats)
 
+    def deterministic_path(self, problem, alg):
+        """The ODE on a dense grid of [0, T] (not only the record times: a table window built
+        from the records alone misses what happens between them)."""
+        from ._ode import solve_ode
+
+        t_end = max(float(self.steps[-1]) * self.dt, self.dt)
+        return solve_ode(problem, alg, times=np.linspace(0.0, t_end, 201))
+
     def params(self, alg, problem, t) -> dict:
-        """The JSON-friendly parameters of an SDE result (both SDE paths write the same)."""
+        """The JSON-friendly parameters of an SDE result (every SDE path writes the same)."""
         desc = alg.describe()
         return {
             "kind": "sde",
@@ -486,6 +494,12 @@ def _cell(grid, x):
     return i, jnp.clip((x - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
 
 
+def _cell_extrapolated(grid, x):
+    """As :func:`_cell`, the position not clipped: linear extrapolation from the end cells."""
+    i = jnp.clip(jnp.searchsorted(grid, x) - 1, 0, grid.size - 2)
+    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
+
+
 def _bilinear(tab, i, j, fx, fy):
     return (
         (1 - fx) * (1 - fy) * tab[i, j]
@@ -537,14 +551,13 @@ def _simulate_bias_sde(problem, alg, eq, run: _SdeRun):
         raise ValueError(
             "simulate_sde: with data_mean or perturbation, lr and clip must be constant numbers"
         )
-    from ._ode import solve_ode
 
     lr = float(time_schedule_values("lr", alg.lr, np.zeros(1))[0])
     c = float(
         time_schedule_values("clip", alg.clip, np.zeros(1), allow_inf=True, allow_none=True)[0]
     )
     # the (R, r) window from the deterministic path, widened for the runs' spread
-    ode = solve_ode(problem, alg, times=run.t)
+    ode = run.deterministic_path(problem, alg)
     R_ok = ode.risk[np.isfinite(ode.risk)]
     ref = max(float(R_ok.max()), 1e-12)
     R_lo, R_hi = max(float(R_ok.min()), 1e-8 * ref) / 100.0, ref * 100.0
@@ -598,9 +611,11 @@ def _sde_quantile_slice(inputs, keys, carry, bounds):
     def one_run(key, carry):
         def step(k, carry):
             x, u = carry
-            i, fx = _cell(log_r, jnp.log(jnp.maximum(0.5 * jnp.dot(lam * x, x), 1e-300)))
-            j, fy = _cell(log_c, u)
-            mu = jnp.exp(_bilinear(inputs["tab_mu"], i, j, fx, fy))
+            R = jnp.maximum(0.5 * jnp.dot(lam * x, x), 1e-300)
+            i, fx = _cell_extrapolated(log_r, jnp.log(R))
+            j, fy = _cell_extrapolated(log_c, u)
+            # log mu, log nu are near-linear in (log R, u) at both ends (power laws); mu <= 1
+            mu = jnp.minimum(jnp.exp(_bilinear(inputs["tab_mu"], i, j, fx, fy)), 1.0)
             nu = jnp.exp(_bilinear(inputs["tab_nu"], i, j, fx, fy))
             key_k = jax.random.fold_in(key, k)
             xi = jax.random.normal(key_k, (d,), x.dtype)
@@ -623,19 +638,25 @@ def _simulate_quantile_sde(problem, alg, eq, run: _SdeRun):
     if not is_constant(alg.lr):
         raise ValueError("simulate_sde: QuantileClipSGD's SDE takes a constant lr")
     from ._factors import reduction_factors
-    from ._ode import solve_ode
 
     lr = float(time_schedule_values("lr", alg.lr, np.zeros(1))[0])
-    # the (R, log c) window from the deterministic path, widened for the runs' spread
-    ode = solve_ode(problem, alg, times=run.t)
+    if eq.eta * run.dt > 0.25:  # Euler on u: stiffness eta d(mu)/du <= eta / 2
+        raise ValueError(
+            f"dt = {run.dt:g} is too coarse for the threshold of QuantileClipSGD (eta = clip_lr "
+            f"D = {eq.eta:.4g}): need dt <= {0.25 / eq.eta:.3g} (eta dt <= 0.25)"
+        )
+    # the (R, log c) window from the deterministic path, widened for the runs' spread; beyond
+    # it the factors are extrapolated linearly in (log R, u) (power laws), never frozen
+    ode = run.deterministic_path(problem, alg)
     ok = np.isfinite(ode.risk)
     R_ok, u_ok = ode.risk[ok], np.log(np.asarray(ode.clip_path)[ok])
     ref = max(float(R_ok.max()), 1e-12)
-    R_lo, R_hi = max(float(R_ok.min()), 1e-8 * ref) / 100.0, ref * 100.0
+    # the whole path (a noiseless run goes to R ~ 1e-35: the table must follow it there)
+    R_lo, R_hi = max(float(R_ok.min()), 1e-280) / 100.0, ref * 100.0
     log_r = np.linspace(
         math.log(R_lo), math.log(R_hi), int(_R_NODES_PER_DECADE * math.log10(R_hi / R_lo)) + 2
     )
-    u_lo, u_hi = float(u_ok.min()) - 1.0, float(u_ok.max()) + 1.0
+    u_lo, u_hi = float(u_ok.min()) - 2.0, float(u_ok.max()) + 2.0
     log_c = np.linspace(u_lo, u_hi, int(_LOG_C_PER_DECADE * (u_hi - u_lo) / math.log(10)) + 2)
     mu, nu = reduction_factors(problem.noise, np.exp(log_r)[:, None], np.exp(log_c)[None, :])
     tab_mu, tab_nu = _log_table(mu, nu)

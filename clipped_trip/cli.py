@@ -2142,8 +2142,8 @@ def build_parser():
         if name == "sde":
             text += (
                 " sde: every algorithm but autoclip (its threshold depends on the whole history: "
-                "no homogenized SDE); with --data-mean, --perturbation or quantile the lr is "
-                "constant."
+                "no homogenized SDE); with --data-mean, --perturbation or quantile in its slow "
+                "regime the lr is constant."
             )
         g = p.add_argument_group("algorithm", textwrap.fill(text, 79))
         g.add_argument(

@@ -169,3 +169,38 @@ def test_quantile_stationary_point_is_where_the_slow_ode_settles():
     ode = ct.solve_ode(p, alg, T=60.0, n_records=2)
     assert ode.risk[-1] == pytest.approx(R_inf, rel=1e-6)
     assert ode.clip_path[-1] == pytest.approx(c_inf, rel=1e-6)
+
+
+def test_quantile_sde_does_not_depend_on_the_record_grid():
+    """The factor window comes from a dense ODE path: the record times (two records, or times
+    without 0) do not change a bit of the runs."""
+    p = ct.Problem.isotropic(60, ct.Gaussian(0.05), x0=np.full(60, 0.5))
+    alg = ct.QuantileClipSGD(1.0, 3.0, quantile=0.5, clip_lr=0.05)
+    kw = dict(T=6.0, runs=3, seed=1, dtype="float64")
+    two = ct.simulate_sde(p, alg, n_records=2, **kw)
+    many = ct.simulate_sde(p, alg, n_records=7, **kw)
+    np.testing.assert_array_equal(two.risk[:, -1], many.risk[:, -1])
+    np.testing.assert_array_equal(two.stat("clip")[:, -1], many.stat("clip")[:, -1])
+    late = ct.simulate_sde(p, alg, times=[4.0, 6.0], runs=3, seed=1, dtype="float64")
+    np.testing.assert_array_equal(late.risk[:, -1], many.risk[:, -1])
+
+
+def test_noiseless_quantile_sde_reaches_the_bottom_with_the_ode():
+    """No noise: R falls like exp(-t) far below 1e-10 R0 and c follows the median of |w|; the
+    SDE's table follows the whole path instead of freezing at its edge."""
+    p = ct.Problem.isotropic(50, ct.Gaussian(0.0))
+    alg = ct.QuantileClipSGD(1.0, 1.0, quantile=0.5, clip_lr=0.02, regime="slow")
+    times = np.array([0.0, 40.0])
+    ode = ct.solve_ode(p, alg, times=times)
+    sde = ct.simulate_sde(p, alg, times=times, runs=8, seed=0, dtype="float64")
+    assert ode.risk[-1] < 1e-15 * p.initial_risk
+    assert 0.2 < sde.mean()[-1] / ode.risk[-1] < 5.0, (sde.mean(), ode.risk)
+    assert 0.2 < sde.stat_mean("clip")[-1] / ode.clip_path[-1] < 5.0
+
+
+def test_quantile_sde_refuses_a_dt_too_coarse_for_the_threshold():
+    p = ct.Problem.isotropic(400, ct.Gaussian(1.0))
+    alg = ct.QuantileClipSGD(1.0, 1.0, quantile=0.5, clip_lr=0.1, regime="slow")  # eta = 40
+    with pytest.raises(ValueError, match="dt"):
+        ct.simulate_sde(p, alg, T=1.0, runs=2)
+    ct.simulate_sde(p, alg, T=0.1, runs=2, dt=0.005, n_records=2)  # eta dt = 0.2: accepted
