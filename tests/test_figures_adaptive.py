@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import clipped_trip._figures_adaptive as fa
-from clipped_trip._figures import FIGURES, last_figure, run_figure
+from clipped_trip._figures import FIGURES
 
 try:  # the package-wide render checks (NaN handed to matplotlib, labels, legends, ticks)
     from test_figures_render import _check_figure
@@ -43,10 +43,10 @@ def _expected_nonfinite(key):
     return None
 
 
-def test_adaptive_quick(tmp_path):
-    (path, summary), _ = run_figure("adaptive", quick=True, out=tmp_path, progress=False)
+def test_adaptive_quick(quick_figure):
+    tmp_path, (path, summary), fig = quick_figure("adaptive")
     assert path.name == "adaptive.png"
-    _check_figure(last_figure("adaptive"), "adaptive")
+    _check_figure(fig, "adaptive")
     arrays, meta = _load(tmp_path, "adaptive")
     methods = list(fa.ADAPTIVE_METHODS)
     for col in (0, 1):
@@ -73,10 +73,10 @@ def test_adaptive_quick(tmp_path):
         assert np.isfinite(row["sgd_final"]) and np.isfinite(row["ode_final"])
 
 
-def test_value_clipping_quick(tmp_path):
-    (path, summary), _ = run_figure("value-clipping", quick=True, out=tmp_path, progress=False)
+def test_value_clipping_quick(quick_figure):
+    tmp_path, (path, summary), fig = quick_figure("value-clipping")
     assert path.name == "value-clipping.png"
-    _check_figure(last_figure("value-clipping"), "value-clipping")
+    _check_figure(fig, "value-clipping")
     arrays, _ = _load(tmp_path, "value-clipping")
     for key, v in arrays.items():
         assert np.isfinite(v).all(), key

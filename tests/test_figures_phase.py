@@ -15,16 +15,13 @@ import pytest
 from matplotlib.contour import ContourSet
 
 from clipped_trip import ClippedSGD, solve_ode
-from clipped_trip import _figures
-from clipped_trip._figures_phase import SCALE, clipping_map, map_grids, map_problem
+from clipped_trip._figures_phase import SCALE, map_grids, map_problem
 from clipped_trip._noise import StudentT
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clipping_map")
-    path, summary = clipping_map(quick=True, out=out, progress=False)
-    fig = _figures.last_figure("clipping-map")
+def quick(quick_figure):
+    out, (path, summary), fig = quick_figure("clipping-map")
     data = np.load(out / "clipping-map.npz")
     return out, path, summary, fig, data
 

@@ -164,9 +164,8 @@ def _check_figure(fig, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_quick_figure_renders_sanely(name, tmp_path):
-    (path, summary), secs = _figures.run_figure(name, quick=True, out=tmp_path, progress=False)
-    fig = _figures.last_figure(name)
+def test_quick_figure_renders_sanely(name, quick_figure):
+    tmp_path, (path, summary), fig = quick_figure(name)
     assert fig is not None, f"{name}: _save did not record the figure"
     assert path.exists() and path.suffix == ".png"
     for ext in ("png", "pdf", "npz", "json"):
@@ -177,7 +176,6 @@ def test_quick_figure_renders_sanely(name, tmp_path):
     if _figures.FIGURES[name][0].__module__ in OWN_MODULES:
         assert round(fig.get_figwidth(), 2) in (3.4, 7.0), f"{name}: not a paper width"
     _check_figure(fig, name)
-    print(f"{name}: {secs:.1f} s")
 
 
 def test_style_is_scoped():

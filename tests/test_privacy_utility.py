@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import clipped_trip as ct
-from clipped_trip._figures_private import bias_figure, privacy_figure, spec92_problem
+from clipped_trip._figures_private import spec92_problem
 from clipped_trip._privacy import noise_multiplier_for
 from clipped_trip._privacy_utility import PrivacyUtility, privacy_utility
 
@@ -137,8 +137,8 @@ def _check_outputs(out, name):
         return {k: z[k] for k in z.files}, meta
 
 
-def test_privacy_figure_quick(tmp_path):
-    path, rows = privacy_figure(quick=True, out=tmp_path, progress=False)
+def test_privacy_figure_quick(quick_figure):
+    tmp_path, (path, rows), _ = quick_figure("privacy")
     assert path.name == "privacy.png"
     arrays, _ = _check_outputs(tmp_path, "privacy")
     for key in ("noise_multiplier", "clip", "lr", "kappa", "risk", "risk_map", "sgd_mean"):
@@ -150,8 +150,8 @@ def test_privacy_figure_quick(tmp_path):
         assert abs(row["sgd_vs_ode"]) < 0.15, row
 
 
-def test_bias_figure_quick(tmp_path):
-    path, table = bias_figure(quick=True, out=tmp_path, progress=False)
+def test_bias_figure_quick(quick_figure):
+    tmp_path, (path, table), _ = quick_figure("bias")
     assert path.name == "bias.png"
     arrays, meta = _check_outputs(tmp_path, "bias")
     for key, val in arrays.items():
