@@ -1,6 +1,10 @@
 """Helpers shared by several test files (imported as ``from _helpers import ...``: pytest puts
 this folder on sys.path, as for ``tolerances``)."""
 
+import json
+
+import numpy as np
+
 import clipped_trip as ct
 from clipped_trip import cli
 
@@ -47,3 +51,15 @@ def simulate_cell(spec, i):
         run_chunk=spec.run_chunk,
         progress=False,
     )
+
+
+# --- figures ---------------------------------------------------------------------------------
+def figure_outputs(out, name):
+    """A figure's four files in ``out`` are there and non-empty; its sidecar names it. Returns
+    (the npz arrays as a dict, the sidecar)."""
+    for ext in ("png", "pdf", "npz", "json"):
+        assert (out / f"{name}.{ext}").stat().st_size > 0
+    meta = json.loads((out / f"{name}.json").read_text())
+    assert meta["figure"] == name
+    with np.load(out / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}, meta

@@ -1,12 +1,11 @@
 """Quick versions of the adaptive-threshold and value-clipping figures (SPEC 11, 12) render."""
 
-import json
-
 import numpy as np
 import pytest
 
 import clipped_trip._figures_adaptive as fa
 from clipped_trip._figures import FIGURES
+from _helpers import figure_outputs
 
 try:  # the package-wide render checks (NaN handed to matplotlib, labels, legends, ticks)
     from test_figures_render import _check_figure
@@ -21,15 +20,6 @@ except ImportError:  # pragma: no cover - that module absent: a minimal check in
 
 def test_figures_are_registered():
     assert "adaptive" in FIGURES and "value-clipping" in FIGURES
-
-
-def _load(tmp_path, name):
-    for ext in ("png", "pdf", "npz", "json"):
-        assert (tmp_path / f"{name}.{ext}").stat().st_size > 0
-    meta = json.loads((tmp_path / f"{name}.json").read_text())
-    assert meta["figure"] == name
-    with np.load(tmp_path / f"{name}.npz") as z:
-        return {k: z[k] for k in z.files}, meta
 
 
 def _expected_nonfinite(key):
@@ -47,7 +37,7 @@ def test_adaptive_quick(quick_figure):
     tmp_path, (path, summary), fig = quick_figure("adaptive")
     assert path.name == "adaptive.png"
     _check_figure(fig, "adaptive")
-    arrays, meta = _load(tmp_path, "adaptive")
+    arrays, meta = figure_outputs(tmp_path, "adaptive")
     methods = list(fa.ADAPTIVE_METHODS)
     for col in (0, 1):
         for name in methods:
@@ -77,7 +67,7 @@ def test_value_clipping_quick(quick_figure):
     tmp_path, (path, summary), fig = quick_figure("value-clipping")
     assert path.name == "value-clipping.png"
     _check_figure(fig, "value-clipping")
-    arrays, _ = _load(tmp_path, "value-clipping")
+    arrays, _ = figure_outputs(tmp_path, "value-clipping")
     for key, v in arrays.items():
         assert np.isfinite(v).all(), key
     lam = arrays["eigenvalues"]

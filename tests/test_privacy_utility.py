@@ -11,6 +11,7 @@ import clipped_trip as ct
 from clipped_trip._figures_private import spec92_problem
 from clipped_trip._privacy import noise_multiplier_for
 from clipped_trip._privacy_utility import PrivacyUtility, privacy_utility
+from _helpers import figure_outputs
 
 EPS = [0.5, 4.0, math.inf]
 DELTA = 1e-5
@@ -128,19 +129,10 @@ def test_refuses_non_problems_and_data_mean(problem):
         privacy_utility(biased, [1.0], DELTA, batch=B, T=T)
 
 
-def _check_outputs(out, name):
-    for ext in ("png", "pdf", "npz", "json"):
-        assert (out / f"{name}.{ext}").stat().st_size > 0
-    meta = json.loads((out / f"{name}.json").read_text())
-    assert meta["figure"] == name
-    with np.load(out / f"{name}.npz") as z:
-        return {k: z[k] for k in z.files}, meta
-
-
 def test_privacy_figure_quick(quick_figure):
     tmp_path, (path, rows), _ = quick_figure("privacy")
     assert path.name == "privacy.png"
-    arrays, _ = _check_outputs(tmp_path, "privacy")
+    arrays, _ = figure_outputs(tmp_path, "privacy")
     for key in ("noise_multiplier", "clip", "lr", "kappa", "risk", "risk_map", "sgd_mean"):
         assert np.all(np.isfinite(arrays[key])), key
     assert np.all(np.isfinite(arrays["sgd_paths"])) and np.all(np.isfinite(arrays["ode_paths"]))
@@ -153,7 +145,7 @@ def test_privacy_figure_quick(quick_figure):
 def test_bias_figure_quick(quick_figure):
     tmp_path, (path, table), _ = quick_figure("bias")
     assert path.name == "bias.png"
-    arrays, meta = _check_outputs(tmp_path, "bias")
+    arrays, meta = figure_outputs(tmp_path, "bias")
     for key, val in arrays.items():
         assert np.all(np.isfinite(val)), key
     by = {(r["start"], r["config"]): r for r in table}
