@@ -122,14 +122,19 @@ class PrivacyUtility:
 # input checks
 
 
-def _epsilons(value) -> np.ndarray:
-    msg = "epsilons must be a non-empty 1-D list of numbers > 0 (inf for no DP)"
+def _floats(value, msg) -> np.ndarray:
+    """value as a float64 array, or ValueError(msg) for text, booleans and non-numbers."""
     if isinstance(value, (str, bytes, bool)):
         raise ValueError(f"{msg}, got {value!r}")
     try:
-        arr = np.array(value, dtype=np.float64)
+        return np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{msg}, got {value!r}") from None
+
+
+def _epsilons(value) -> np.ndarray:
+    msg = "epsilons must be a non-empty 1-D list of numbers > 0 (inf for no DP)"
+    arr = _floats(value, msg)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1 or arr.size == 0 or np.any(np.isnan(arr)) or np.any(arr <= 0):
@@ -139,12 +144,7 @@ def _epsilons(value) -> np.ndarray:
 
 def _grid(name, value, minimum) -> np.ndarray:
     msg = f"{name} must be a 1-D list of at least {minimum} finite numbers > 0"
-    if isinstance(value, (str, bytes, bool)):
-        raise ValueError(f"{msg}, got {value!r}")
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{msg}, got {value!r}") from None
+    arr = _floats(value, msg)
     if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"{msg}, got {value!r}")
     arr = np.unique(arr)
