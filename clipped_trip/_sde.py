@@ -81,21 +81,13 @@ def _factor_fn(inputs, mode):
     m2, inv_B, z_scale = inputs["m2"], inputs["inv_B"], inputs["z_scale"]
 
     def bilinear(x, y, grid_y):
-        i = jnp.clip(jnp.searchsorted(log_r, x) - 1, 0, log_r.size - 2)
-        j = jnp.clip(jnp.searchsorted(grid_y, y) - 1, 0, grid_y.size - 2)
         # in log R: linear extrapolation from the end cells (see _interp_extrap)
-        fx = (x - log_r[i]) / (log_r[i + 1] - log_r[i])
-        fy = jnp.clip((y - grid_y[j]) / (grid_y[j + 1] - grid_y[j]), 0.0, 1.0)
-
-        def bil(tab):
-            return (
-                (1 - fx) * (1 - fy) * tab[i, j]
-                + fx * (1 - fy) * tab[i + 1, j]
-                + (1 - fx) * fy * tab[i, j + 1]
-                + fx * fy * tab[i + 1, j + 1]
-            )
-
-        return jnp.exp(bil(tab_mu)), jnp.exp(bil(tab_nu))
+        i, fx = _cell_extrapolated(log_r, x)
+        j, fy = _cell(grid_y, y)
+        return (
+            jnp.exp(_bilinear(tab_mu, i, j, fx, fy)),
+            jnp.exp(_bilinear(tab_nu, i, j, fx, fy)),
+        )
 
     def factors(R, G, c):
         x = jnp.log(jnp.maximum(R, 1e-300))
