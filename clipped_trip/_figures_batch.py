@@ -161,7 +161,7 @@ def _steps_to(risk, t, target, D):
 def critical_batch_figure(quick=False, out=Path("figures"), seed=0, progress=True, **_):
     d = 120 if quick else 500
     runs = 4 if quick else 8
-    batches = [1, 16] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    batches = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     p = _heavy_problem(d)
     clip = 0.2
     target = 0.05 * p.initial_risk

@@ -1446,8 +1446,7 @@ _FIGURE_MODULES = ("_figures_batch", "_figures_private", "_figures_adaptive", "_
 #: (44, 32), fig2 (3, 3), fig3 (4, 6), fig4 (4, 5), fig5 (4, 4), fig6 (93, 60), fig7 (19, 19),
 #: dscaling (61, 22), minibatch (435, 86), critical-batch (514, 205), privacy (710, 25), bias
 #: (248, 50), adaptive (243, 125), value-clipping (175, 43). Kept here until the figure
-#: registry records it; a figure missing here shows "?" in reproduce --list. critical-batch
-#: --quick was cut to B = 1, 16 later and measured idle: 15 s.
+#: registry records it; a figure missing here shows "?" in reproduce --list.
 FIGURE_TIMES = {
     "fig1": (17, 13),
     "fig2": (1, 1),
@@ -1458,7 +1457,7 @@ FIGURE_TIMES = {
     "fig7": (8, 8),
     "dscaling": (24, 9),
     "minibatch": (174, 34),
-    "critical-batch": (206, 15),
+    "critical-batch": (206, 82),
     "privacy": (284, 10),
     "bias": (99, 20),
     "adaptive": (97, 50),
